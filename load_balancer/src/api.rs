@@ -1,0 +1,129 @@
+//! The HTTP surface: `/rep`, `/add`, `/rm`, `/status`, and forwarding of the rest.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::admin::{self, Op, MAX_BODY};
+use crate::error::ApiError;
+use crate::proxy::Proxy;
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::supervisor::SupervisorHandle;
+
+/// What every handler shares.
+pub struct AppState {
+    pub snapshot: SharedSnapshot,
+    pub supervisor: SupervisorHandle,
+    pub proxy: Proxy,
+    /// When set, `/add` and `/rm` need `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
+    /// Shown in `/status`.
+    pub runtime: &'static str,
+    pub hash: &'static str,
+    pub hash_key: String,
+}
+
+/// Registers every route on an actix `App`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/rep", web::get().to(rep))
+        .route("/status", web::get().to(status))
+        .route("/add", web::post().to(add))
+        .route("/rm", web::delete().to(remove))
+        .default_service(web::to(forward));
+}
+
+fn successful(message: serde_json::Value) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"message": message, "status": "successful"}))
+}
+
+fn rep_body(snap: &Snapshot) -> HttpResponse {
+    successful(json!({"N": snap.replicas.len(), "replicas": snap.hostnames()}))
+}
+
+async fn rep(state: web::Data<AppState>) -> HttpResponse {
+    rep_body(&state.snapshot.load())
+}
+
+async fn status(state: web::Data<AppState>) -> HttpResponse {
+    let snap = state.snapshot.load();
+    successful(json!({
+        "N": snap.replicas.len(),
+        "replicas": snap.replicas,
+        "runtime": state.runtime,
+        "hash": state.hash,
+        "hash_key": state.hash_key,
+    }))
+}
+
+async fn add(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let body = read_body(&req, payload).await?;
+    let request = admin::parse(&body, Op::Add)?;
+    state.supervisor.add(request).await?;
+    Ok(rep_body(&state.snapshot.load()))
+}
+
+async fn remove(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let body = read_body(&req, payload).await?;
+    let request = admin::parse(&body, Op::Remove)?;
+    state.supervisor.remove(request).await?;
+    Ok(rep_body(&state.snapshot.load()))
+}
+
+async fn forward(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    state.proxy.forward(req, payload).await
+}
+
+fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(token) = &state.admin_token else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Reads an admin body, refusing it as soon as it passes [`MAX_BODY`].
+async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<BytesMut, ApiError> {
+    let too_large = ApiError::PayloadTooLarge { limit: MAX_BODY };
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large);
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad(format!("Could not read the body: {e}")))?;
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

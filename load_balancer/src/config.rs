@@ -1,0 +1,160 @@
+//! The command line: every flag of SPEC.md, each also read from `LB_<NAME>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::hashkey::HashKey;
+
+/// Who runs the replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    /// Docker containers, started through the engine's API.
+    Docker,
+    /// Child processes of the balancer, on loopback.
+    Process,
+    /// Existing servers given with `--backend`; nothing is started.
+    Static,
+}
+
+/// A consistent-hashing HTTP load balancer that runs and heals its own replicas.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "load_balancer", version)]
+pub struct Config {
+    /// Where the balancer serves.
+    #[arg(long, env = "LB_LISTEN", default_value = "0.0.0.0:5000")]
+    pub listen: SocketAddr,
+
+    /// Who runs the replicas.
+    #[arg(long, env = "LB_RUNTIME", value_enum, default_value = "docker")]
+    pub runtime: RuntimeKind,
+
+    /// Replicas to start with and keep alive.
+    #[arg(long, env = "LB_REPLICAS", default_value_t = 3)]
+    pub replicas: usize,
+
+    /// The most replicas `/add` may reach (never above the ring's capacity).
+    #[arg(long, env = "LB_MAX_REPLICAS")]
+    pub max_replicas: Option<usize>,
+
+    /// `process` runtime: the server binary [default: `server` beside this executable].
+    #[arg(long, env = "LB_SERVER_BIN")]
+    pub server_bin: Option<PathBuf>,
+
+    /// `docker` runtime: the server image.
+    #[arg(long, env = "LB_IMAGE", default_value = "lb-server:latest")]
+    pub image: String,
+
+    /// `docker` runtime: the network replicas join.
+    #[arg(long, env = "LB_NETWORK", default_value = "lbnet")]
+    pub network: String,
+
+    /// `docker` runtime: the value of the `lb.managed-by` label of its containers.
+    #[arg(long, env = "LB_INSTANCE", default_value = "load_balancer")]
+    pub instance: String,
+
+    /// `static` runtime: an existing server to balance, as `ADDR` or `NAME=ADDR`.
+    #[arg(long = "backend", env = "LB_BACKEND", value_delimiter = ',')]
+    pub backends: Vec<String>,
+
+    /// Ring hash scheme.
+    #[arg(long, env = "LB_HASH", default_value = "quadratic")]
+    pub hash: String,
+
+    /// Where a request's id comes from: random, header:NAME, query:NAME,
+    /// cookie:NAME, path or client-ip.
+    #[arg(long, env = "LB_HASH_KEY", default_value = "random")]
+    pub hash_key: HashKey,
+
+    /// Ring slots (M).
+    #[arg(long, env = "LB_SLOTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub slots: u32,
+
+    /// Virtual nodes per replica (K).
+    #[arg(long, env = "LB_VIRTUAL_NODES", default_value_t = 9, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub virtual_nodes: u32,
+
+    /// Time between heartbeats of a replica.
+    #[arg(long, env = "LB_HEARTBEAT_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// How long a heartbeat may take.
+    #[arg(long, env = "LB_HEARTBEAT_TIMEOUT", default_value = "400ms", value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Duration,
+
+    /// Missed heartbeats in a row that mark a replica dead.
+    #[arg(long, env = "LB_HEARTBEAT_FAILURES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub heartbeat_failures: u32,
+
+    /// How long a new replica may take to answer its first heartbeat.
+    #[arg(long, env = "LB_START_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub start_timeout: Duration,
+
+    /// How long `/rm` lets a replica's in-flight requests finish.
+    #[arg(long, env = "LB_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// How long connecting to a replica may take before the next is tried.
+    #[arg(long, env = "LB_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// How long a replica may take to send its response headers.
+    #[arg(long, env = "LB_RESPONSE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub response_timeout: Duration,
+
+    /// Request-serving threads [default: the number of cores].
+    #[arg(long, env = "LB_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+
+    /// When set, `/add` and `/rm` need `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_specified_ones() {
+        let c = Config::try_parse_from(["load_balancer"]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:5000".parse().unwrap());
+        assert_eq!(c.runtime, RuntimeKind::Docker);
+        assert_eq!(c.replicas, 3);
+        assert_eq!(c.image, "lb-server:latest");
+        assert_eq!(c.network, "lbnet");
+        assert_eq!(c.instance, "load_balancer");
+        assert_eq!(c.hash, "quadratic");
+        assert_eq!(c.hash_key, HashKey::Random);
+        assert_eq!((c.slots, c.virtual_nodes), (512, 9));
+    }
+
+    #[test]
+    fn flags_parse_durations_keys_and_repeated_backends() {
+        let c = Config::try_parse_from([
+            "load_balancer",
+            "--runtime",
+            "static",
+            "--backend",
+            "127.0.0.1:1",
+            "--backend",
+            "b=127.0.0.1:2",
+            "--hash-key",
+            "query:id",
+            "--heartbeat-interval",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(c.runtime, RuntimeKind::Static);
+        assert_eq!(c.backends, vec!["127.0.0.1:1", "b=127.0.0.1:2"]);
+        assert_eq!(c.hash_key, HashKey::Query("id".into()));
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn a_bad_hash_key_is_refused_at_parse_time() {
+        assert!(Config::try_parse_from(["load_balancer", "--hash-key", "nope"]).is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! Every error a client can see, and the one place it becomes an HTTP response.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+/// An error answered to a client, always as `{"message": "<Error> …", "status": "failure"}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or asks for something impossible; nothing changed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request conflicts with the current replica set (a name in use).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body is larger than the admin endpoints accept.
+    #[error("Request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// A mutating endpoint was called without the admin token.
+    #[error("Missing or wrong admin token")]
+    Unauthorized,
+    /// A replica could not be started; the request was rolled back.
+    #[error("{0}")]
+    StartFailed(String),
+    /// The replica answered 404 for a forwarded path.
+    #[error("'{0}' endpoint does not exist in server replicas")]
+    UnknownEndpoint(String),
+    /// No replica could be reached for a forwarded request.
+    #[error("No replica could serve the request: {0}")]
+    BadGateway(String),
+    /// No replica answered in time.
+    #[error("The replica did not answer in time")]
+    GatewayTimeout,
+    /// There is no replica to forward to, or the balancer is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// A `BadRequest` from anything printable.
+    pub fn bad(message: impl Into<String>) -> Self {
+        ApiError::BadRequest(message.into())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::UnknownEndpoint(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::StartFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized) {
+            res.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        res.json(json!({"message": format!("<Error> {self}"), "status": "failure"}))
+    }
+}

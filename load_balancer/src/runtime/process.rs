@@ -1,0 +1,168 @@
+//! The `process` runtime: each replica is a `server` child process on loopback.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use super::{EventSender, ReplicaSpec, Running, Runtime, RuntimeError, RuntimeEvent};
+
+/// How long a child may take to say where it listens.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs replicas as child processes of the balancer.
+pub struct ProcessRuntime {
+    server_bin: PathBuf,
+    events: EventSender,
+    /// pid -> becomes true when the child has exited.
+    exits: Arc<Mutex<HashMap<u32, watch::Receiver<bool>>>>,
+}
+
+impl ProcessRuntime {
+    /// A runtime that starts `server_bin` and reports deaths on `events`.
+    pub fn new(server_bin: PathBuf, events: EventSender) -> Self {
+        ProcessRuntime {
+            server_bin,
+            events,
+            exits: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn spawn_child(&self, spec: &ReplicaSpec) -> std::io::Result<Child> {
+        let mut cmd = Command::new(&self.server_bin);
+        cmd.env("SERVER_ID", &spec.hostname)
+            .arg("--listen")
+            // Port 0: the child binds a free port itself and prints it, so two
+            // replicas can never race for the same port.
+            .arg("127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(false);
+        #[cfg(target_os = "linux")]
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // prctl(2), an async-signal-safe system call.
+        unsafe {
+            // A balancer killed with SIGKILL must not leave orphans behind.
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        cmd.spawn()
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn discover(&self) -> Result<Vec<Running>, RuntimeError> {
+        // Children die with the balancer, so there is never anything to adopt.
+        Ok(Vec::new())
+    }
+
+    async fn start(&self, spec: &ReplicaSpec) -> Result<Running, RuntimeError> {
+        let fail = |reason: String| RuntimeError::Start {
+            hostname: spec.hostname.clone(),
+            reason,
+        };
+        let mut child = self
+            .spawn_child(spec)
+            .map_err(|e| fail(format!("{}: {e}", self.server_bin.display())))?;
+        let pid = child.id().ok_or_else(|| fail("exited at once".into()))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let address = tokio::time::timeout(LAUNCH_TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = line.trim().strip_prefix("listening on http://") {
+                    return Some(addr.to_string());
+                }
+            }
+            None
+        })
+        .await;
+        let address = match address {
+            Ok(Some(a)) => a,
+            other => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(fail(match other {
+                    Ok(_) => "exited before it listened".into(),
+                    Err(_) => format!("did not listen within {LAUNCH_TIMEOUT:?}"),
+                }));
+            }
+        };
+        let (exited_tx, exited_rx) = watch::channel(false);
+        self.exits.lock().unwrap().insert(pid, exited_rx);
+        let events = self.events.clone();
+        let exits = self.exits.clone();
+        let handle = pid.to_string();
+        let hostname = spec.hostname.clone();
+        tokio::spawn({
+            let handle = handle.clone();
+            async move {
+                // Keep draining stdout so the child never blocks on a full pipe.
+                let drain = async { while let Ok(Some(_)) = lines.next_line().await {} };
+                let (status, _) = tokio::join!(child.wait(), drain);
+                let reason = match status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                log::debug!("{hostname} (pid {handle}) ended: {reason}");
+                exits.lock().unwrap().remove(&pid);
+                let _ = exited_tx.send(true);
+                let _ = events.send(RuntimeEvent::Died { handle, reason });
+            }
+        });
+        Ok(Running {
+            hostname: spec.hostname.clone(),
+            id: spec.id,
+            address,
+            handle,
+        })
+    }
+
+    async fn stop(&self, replica: &Running, grace: Duration) -> Result<(), RuntimeError> {
+        let Ok(pid) = replica.handle.parse::<u32>() else {
+            return Err(RuntimeError::Other(format!(
+                "not a pid: {}",
+                replica.handle
+            )));
+        };
+        let exited = self.exits.lock().unwrap().remove(&pid);
+        let Some(mut exited) = exited else {
+            return Ok(());
+        };
+        let target = Pid::from_raw(pid as i32);
+        let _ = kill(target, Signal::SIGTERM);
+        let graceful = tokio::time::timeout(grace, exited.wait_for(|e| *e))
+            .await
+            .is_ok();
+        if !graceful {
+            log::warn!(
+                "{} did not exit after SIGTERM; killing it",
+                replica.hostname
+            );
+            let _ = kill(target, Signal::SIGKILL);
+            let _ = exited.wait_for(|e| *e).await.map(|_| ());
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&self, replicas: &[Running]) {
+        let stops = replicas
+            .iter()
+            .map(|r| self.stop(r, Duration::from_secs(5)));
+        futures_util::future::join_all(stops).await;
+    }
+}

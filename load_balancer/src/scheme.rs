@@ -1,0 +1,104 @@
+//! Hash schemes: where a server's virtual nodes and a request's id land on the ring.
+//!
+//! The ring only asks a scheme for slot numbers, so a new scheme is one more
+//! implementation of [`HashScheme`] plus a name in [`by_name`]; the ring is untouched.
+
+use std::sync::Arc;
+
+/// Places virtual nodes and request ids on a ring of `m` slots.
+///
+/// Implementations must be pure and deterministic: the same arguments always give
+/// the same slot, on every machine and every run, or keys would lose their affinity.
+pub trait HashScheme: Send + Sync + std::fmt::Debug {
+    /// The name used on the command line (`--hash`) and in `/status`.
+    fn name(&self) -> &'static str;
+    /// The slot of virtual node `j` of server `server_id`, in `0..m`.
+    fn virtual_node_slot(&self, server_id: u32, j: u32, m: usize) -> usize;
+    /// The slot of request id `request_id`, in `0..m`.
+    fn request_slot(&self, request_id: u64, m: usize) -> usize;
+}
+
+/// The design's scheme: `Φ(i, j) = i² + j² + 2j + 25` and `H(r) = r² + 2r + 17`, mod M.
+///
+/// Each term is reduced mod M before it is squared, so no input overflows `u64`
+/// (M is at most `u32::MAX`, whose square fits).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quadratic;
+
+impl HashScheme for Quadratic {
+    fn name(&self) -> &'static str {
+        "quadratic"
+    }
+
+    fn virtual_node_slot(&self, server_id: u32, j: u32, m: usize) -> usize {
+        let m = m as u64;
+        let i = u64::from(server_id) % m;
+        let j = u64::from(j) % m;
+        ((i * i % m + j * j % m + 2 * j % m + 25 % m) % m) as usize
+    }
+
+    fn request_slot(&self, request_id: u64, m: usize) -> usize {
+        let m = m as u64;
+        let r = request_id % m;
+        ((r * r % m + 2 * r % m + 17 % m) % m) as usize
+    }
+}
+
+/// The names of every scheme [`by_name`] knows, for help texts and errors.
+pub const NAMES: &[&str] = &["quadratic"];
+
+/// Looks a scheme up by its `--hash` name.
+pub fn by_name(name: &str) -> Option<Arc<dyn HashScheme>> {
+    match name {
+        "quadratic" => Some(Arc::new(Quadratic)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quadratic_virtual_nodes_match_a_hand_computation() {
+        let q = Quadratic;
+        // Φ(1, 0) = 1 + 0 + 0 + 25 = 26
+        assert_eq!(q.virtual_node_slot(1, 0, 512), 26);
+        // Φ(2, 3) = 4 + 9 + 6 + 25 = 44
+        assert_eq!(q.virtual_node_slot(2, 3, 512), 44);
+        // Φ(3, 8) = 9 + 64 + 16 + 25 = 114
+        assert_eq!(q.virtual_node_slot(3, 8, 512), 114);
+        // Φ(30, 5) = 900 + 25 + 10 + 25 = 960 = 512 + 448
+        assert_eq!(q.virtual_node_slot(30, 5, 512), 448);
+    }
+
+    #[test]
+    fn quadratic_request_slots_match_a_hand_computation() {
+        let q = Quadratic;
+        // H(0) = 17
+        assert_eq!(q.request_slot(0, 512), 17);
+        // H(10) = 100 + 20 + 17 = 137
+        assert_eq!(q.request_slot(10, 512), 137);
+        // H(100) = 10000 + 200 + 17 = 10217 = 19 * 512 + 489
+        assert_eq!(q.request_slot(100, 512), 489);
+        // H(123456): 123456 mod 512 = 64; 4096 + 128 + 17 = 4241 = 8 * 512 + 145
+        assert_eq!(q.request_slot(123_456, 512), 145);
+    }
+
+    #[test]
+    fn quadratic_never_overflows_on_extreme_inputs() {
+        let q = Quadratic;
+        for m in [1, 2, 512, 1 << 20, u32::MAX as usize] {
+            assert!(q.request_slot(u64::MAX, m) < m);
+            assert!(q.virtual_node_slot(u32::MAX, u32::MAX, m) < m);
+        }
+    }
+
+    #[test]
+    fn every_listed_name_resolves_to_its_scheme() {
+        for name in NAMES {
+            assert_eq!(by_name(name).map(|s| s.name()), Some(*name));
+        }
+        assert!(by_name("md5").is_none());
+    }
+}

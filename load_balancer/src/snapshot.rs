@@ -1,0 +1,151 @@
+//! What request handlers read: an immutable picture of the replicas and the routing
+//! table, published by the supervisor and swapped atomically.
+//!
+//! A request loads one snapshot and uses it to the end, so a concurrent `/add` or a
+//! respawn never shows it a half-changed ring, and no lock sits on the request path.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::ring::{ServerId, Table};
+
+/// Consecutive forwarding failures after which a backend is skipped until its next
+/// successful heartbeat (passive health).
+pub const EJECT_AFTER_FAILURES: u32 = 3;
+
+/// A replica that may take traffic, shared by every snapshot of its incarnation so
+/// that counters survive republishing.
+#[derive(Debug)]
+pub struct Backend {
+    pub id: ServerId,
+    pub hostname: String,
+    /// `host:port` to connect to.
+    pub address: String,
+    /// Requests being forwarded to it right now; `/rm` waits for this to reach 0.
+    pub in_flight: AtomicUsize,
+    /// Forwarding failures in a row; reset by a success or a heartbeat.
+    pub failures: AtomicU32,
+}
+
+impl Backend {
+    /// A backend with no traffic yet.
+    pub fn new(id: ServerId, hostname: String, address: String) -> Self {
+        Backend {
+            id,
+            hostname,
+            address,
+            in_flight: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+        }
+    }
+
+    /// Whether passive health has taken it out of routing.
+    pub fn ejected(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) >= EJECT_AFTER_FAILURES
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn track(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+}
+
+/// Decrements a backend's in-flight count when dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A replica's lifecycle state, as `/status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaState {
+    /// Launched (or being launched), not yet answering `/heartbeat`.
+    Starting,
+    /// In the ring and taking traffic.
+    Healthy,
+    /// Dead or unresponsive; a replacement is scheduled.
+    Down,
+}
+
+/// One replica in `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicaStatus {
+    pub hostname: String,
+    pub id: ServerId,
+    pub state: ReplicaState,
+    /// `host:port`, when running.
+    pub address: Option<String>,
+    /// How many times it was replaced after dying.
+    pub restarts: u32,
+    /// The runtime's handle (pid, container id), when running.
+    pub handle: Option<String>,
+}
+
+/// The routing table and the backends it names.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub table: Table,
+    /// Indexed by server id; only routable replicas are present.
+    backends: Vec<Option<Arc<Backend>>>,
+}
+
+impl Routing {
+    /// Routing over `backends`, which must be exactly the servers `table` names.
+    pub fn new(table: Table, backends: impl IntoIterator<Item = Arc<Backend>>) -> Self {
+        let mut by_id: Vec<Option<Arc<Backend>>> = Vec::new();
+        for b in backends {
+            let i = b.id as usize;
+            if by_id.len() <= i {
+                by_id.resize(i + 1, None);
+            }
+            by_id[i] = Some(b);
+        }
+        Routing {
+            table,
+            backends: by_id,
+        }
+    }
+
+    /// The backend with this id, if routable.
+    pub fn backend(&self, id: ServerId) -> Option<&Arc<Backend>> {
+        self.backends.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// The backends to try for `request_id`, best first. Ejected backends come last
+    /// rather than never: when all are ejected, trying one beats refusing.
+    pub fn candidates(&self, request_id: u64) -> impl Iterator<Item = &Arc<Backend>> + '_ {
+        let all = self
+            .table
+            .candidates(request_id)
+            .filter_map(|id| self.backend(id));
+        let live = all.clone().filter(|b| !b.ejected());
+        live.chain(all.filter(|b| b.ejected()))
+    }
+}
+
+/// Everything the handlers read, published whole.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub routing: Routing,
+    /// Every managed replica, sorted by id.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+impl Snapshot {
+    /// The replicas' hostnames, as `/rep` lists them.
+    pub fn hostnames(&self) -> Vec<String> {
+        self.replicas.iter().map(|r| r.hostname.clone()).collect()
+    }
+}
+
+/// The shared, atomically swapped current snapshot.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
