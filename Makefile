@@ -1,0 +1,49 @@
+# The two commands a user needs: `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+export RUST_BACKTRACE ?= 1
+
+.PHONY: all build images run run-process stop logs test lint unit e2e clean
+
+all: build
+
+## build: debug binaries, the static release binaries and both images
+build: images
+
+## images: static binaries in FROM-scratch images lb-server:latest and lb-balancer:latest
+images:
+	bash scripts/images.sh
+
+## run: the balancer and its replicas as Docker containers on localhost:5000
+run:
+	bash scripts/up.sh
+
+## run-process: the balancer on localhost:5000 with replicas as local processes (no Docker)
+run-process:
+	$(CARGO) build --release -p server -p load_balancer
+	./target/release/load_balancer --runtime process --listen 127.0.0.1:5000
+
+## stop: remove the deployment and every replica container it started
+stop:
+	bash scripts/down.sh
+
+## logs: follow the balancer's and the replicas' logs
+logs:
+	bash scripts/logs.sh
+
+## test: formatting, lints, unit and property tests, end-to-end tests
+test: lint unit e2e
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --lib --bins
+
+e2e: images
+	$(CARGO) build --workspace --bins
+	$(CARGO) test -p e2e --tests
+
+clean:
+	$(CARGO) clean

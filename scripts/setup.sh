@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs what the build and tests need and a fresh machine may lack.
+set -euo pipefail
+need=()
+command -v docker >/dev/null || need+=(docker.io)
+command -v file >/dev/null || need+=(file)
+command -v curl >/dev/null || need+=(curl)
+if ((${#need[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt || true
