@@ -35,7 +35,10 @@ pub fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -141,10 +144,12 @@ impl Service {
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("{} did not say where it listens", bin.display())
-        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("{} did not say where it listens", bin.display())
+            });
         Service {
             child: Some(child),
             base: format!("http://{addr}"),
@@ -179,7 +184,11 @@ impl Service {
     }
 
     /// Sends `signal` and waits up to `timeout` for the exit status.
-    pub fn stop_with(&mut self, signal: Signal, timeout: Duration) -> Option<std::process::ExitStatus> {
+    pub fn stop_with(
+        &mut self,
+        signal: Signal,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let _ = kill(Pid::from_raw(child.id() as i32), signal);
         let deadline = Instant::now() + timeout;

@@ -1,0 +1,239 @@
+//! The `static` runtime over servers the test runs itself, and forwarding behaviour
+//! that needs a backend the test controls (slow answers, echoed requests).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::{bin, poll, rep_names, replicas, wait_healthy, Service};
+
+fn server(name: &str) -> Service {
+    Service::start(
+        bin("server"),
+        &["--listen", "127.0.0.1:0"],
+        &[("SERVER_ID", name)],
+    )
+}
+
+fn addr(s: &Service) -> String {
+    s.base.trim_start_matches("http://").to_string()
+}
+
+fn balancer(backends: &[String], extra: &[&str]) -> Service {
+    let mut args: Vec<String> = [
+        "--runtime",
+        "static",
+        "--listen",
+        "127.0.0.1:0",
+        "--heartbeat-interval",
+        "200ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for b in backends {
+        args.push("--backend".into());
+        args.push(b.clone());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let lb = Service::start(bin("load_balancer"), &refs, &[("RUST_LOG", "warn")]);
+    wait_healthy(&lb, backends.len(), Duration::from_secs(20));
+    lb
+}
+
+/// A hand-written HTTP/1.1 backend: `/heartbeat` answers at once, `/slow` after
+/// `delay`, anything else echoes the request head and body back as text.
+struct TestBackend {
+    addr: String,
+    requests: Arc<AtomicUsize>,
+}
+
+impl TestBackend {
+    fn start(delay: Duration) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let counter = counter.clone();
+                std::thread::spawn(move || serve(stream, delay, &counter));
+            }
+        });
+        TestBackend { addr, requests }
+    }
+}
+
+fn serve(stream: TcpStream, delay: Duration, counter: &AtomicUsize) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if path != "/heartbeat" {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        let reply = match path.as_str() {
+            "/heartbeat" => String::new(),
+            "/slow" => {
+                std::thread::sleep(delay);
+                "slow done".to_string()
+            }
+            _ => format!("{head}{}", String::from_utf8_lossy(&body)),
+        };
+        let res = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-backend: test\r\n\r\n{reply}",
+            reply.len()
+        );
+        if out.write_all(res.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn static_backends_are_balanced_but_never_started() {
+    let (a, b) = (server("alpha"), server("beta"));
+    let lb = balancer(&[format!("A={}", addr(&a)), format!("B={}", addr(&b))], &[]);
+    assert_eq!(rep_names(&lb), ["A", "B"]);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..100 {
+        let r = lb.get("/home");
+        assert_eq!(r.status, 200);
+        seen.insert(r.header("x-served-by").unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 2);
+    let r = lb.send("POST", "/add", Some(r#"{"n": 1}"#));
+    assert_eq!(r.status, 400, "{}", r.body);
+}
+
+#[test]
+fn a_backend_that_stops_answering_leaves_the_ring_and_rejoins_when_it_answers() {
+    let a = server("alpha");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let b_addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let b = Service::start(
+        bin("server"),
+        &["--listen", &b_addr],
+        &[("SERVER_ID", "beta")],
+    );
+    let lb = balancer(&[format!("A={}", addr(&a)), format!("B={b_addr}")], &[]);
+    drop(b);
+    poll("B to leave the ring", Duration::from_secs(10), || {
+        let r = replicas(&lb);
+        (r[1]["state"] != "healthy").then_some(())
+    });
+    for _ in 0..50 {
+        let r = lb.get("/home");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-served-by"), Some("A"));
+    }
+    let _b = Service::start(
+        bin("server"),
+        &["--listen", &b_addr],
+        &[("SERVER_ID", "beta")],
+    );
+    wait_healthy(&lb, 2, Duration::from_secs(30));
+    poll("B to serve again", Duration::from_secs(10), || {
+        (lb.get("/home").header("x-served-by") == Some("B")).then_some(())
+    });
+}
+
+#[test]
+fn rm_lets_in_flight_requests_finish_before_the_replica_goes() {
+    let slow = TestBackend::start(Duration::from_millis(1500));
+    let lb = Arc::new(balancer(&[format!("slow={}", slow.addr)], &[]));
+    let client = {
+        let lb = lb.clone();
+        std::thread::spawn(move || {
+            let r = lb.get("/slow");
+            (r, Instant::now())
+        })
+    };
+    poll(
+        "the slow request to reach the backend",
+        Duration::from_secs(10),
+        || (slow.requests.load(Ordering::SeqCst) == 1).then_some(()),
+    );
+    let r = lb.send("DELETE", "/rm", Some(r#"{"n": 1}"#));
+    let rm_done = Instant::now();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (slow_reply, slow_done) = client.join().unwrap();
+    assert_eq!(slow_reply.status, 200);
+    assert_eq!(slow_reply.body, "slow done");
+    assert!(
+        rm_done >= slow_done,
+        "/rm returned before the in-flight request finished"
+    );
+    assert_eq!(lb.get("/home").status, 503);
+}
+
+#[test]
+fn forwarded_requests_keep_method_path_query_headers_and_body() {
+    let echo = TestBackend::start(Duration::ZERO);
+    let lb = balancer(&[format!("echo={}", echo.addr)], &[]);
+    let body = "x".repeat(200_000);
+    let r = lb
+        .try_send(
+            "POST",
+            "/things/7?q=1&id=2",
+            &[
+                ("x-custom", "kept"),
+                ("connection", "keep-alive, x-drop"),
+                ("x-drop", "1"),
+            ],
+            Some(body.as_bytes()),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-served-by"), Some("echo"));
+    assert_eq!(r.header("x-backend"), Some("test"));
+    let echoed = r.body.to_ascii_lowercase();
+    assert!(
+        echoed.starts_with("post /things/7?q=1&id=2 http/1.1"),
+        "{:.200}",
+        r.body
+    );
+    assert!(echoed.contains("x-custom: kept"));
+    assert!(!echoed.contains("x-drop"));
+    assert!(echoed.contains("x-forwarded-for: 127.0.0.1"));
+    assert!(echoed.contains("x-forwarded-proto: http"));
+    assert!(echoed.contains("x-forwarded-host: 127.0.0.1:"));
+    assert!(r.body.ends_with(&body), "the body did not arrive whole");
+}
+
+#[test]
+fn no_replica_left_gives_503() {
+    let echo = TestBackend::start(Duration::ZERO);
+    let lb = balancer(&[format!("only={}", echo.addr)], &[]);
+    lb.send("DELETE", "/rm", Some(r#"{"n": 1}"#));
+    let r = lb.get("/home");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["status"], "failure");
+}
