@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Side-by-side throughput and latency: this balancer, nginx and HAProxy in front of the
+# same three backends, each proxy with one worker, the same key (?id= random per request).
+#
+#   scripts/bench.sh                 # 3 alternating rounds of 6 s each
+#   ROUNDS=5 DURATION=10 CONNS=50 scripts/bench.sh
+#
+# Only loopback traffic; every wrk run is bounded by DURATION.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-6}
+CONNS=${CONNS:-50}
+BASE_PORT=${BASE_PORT:-18080}
+OUT=${OUT:-target/bench}
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+if ((${#need[@]})); then
+  echo "installing ${need[*]}" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+
+cargo build --release -p load_balancer -p server >&2
+mkdir -p "$OUT"
+OUT=$(realpath "$OUT")
+B1=$((BASE_PORT + 1)) B2=$((BASE_PORT + 2)) B3=$((BASE_PORT + 3))
+P_NGINX=$((BASE_PORT + 10)) P_HAPROXY=$((BASE_PORT + 11)) P_LB=$((BASE_PORT + 12)) P_LB_ALL=$((BASE_PORT + 13))
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# One nginx process serves the three backends: a fixed JSON body on every path.
+cat >"$OUT/backends.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $OUT/backends.pid;
+error_log $OUT/backends.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$B1; location / { default_type application/json; return 200 '{"message":"Hello from Server: Server1","status":"successful"}'; } }
+  server { listen 127.0.0.1:$B2; location / { default_type application/json; return 200 '{"message":"Hello from Server: Server2","status":"successful"}'; } }
+  server { listen 127.0.0.1:$B3; location / { default_type application/json; return 200 '{"message":"Hello from Server: Server3","status":"successful"}'; } }
+}
+EOF
+cat >"$OUT/proxy-nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $OUT/proxy-nginx.pid;
+error_log $OUT/proxy-nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backends {
+    hash \$arg_id consistent;
+    server 127.0.0.1:$B1; server 127.0.0.1:$B2; server 127.0.0.1:$B3;
+    keepalive 128;
+  }
+  server {
+    listen 127.0.0.1:$P_NGINX;
+    location / {
+      proxy_pass http://backends;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+cat >"$OUT/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$P_HAPROXY
+  default_backend be
+backend be
+  balance url_param id
+  hash-type consistent
+  server s1 127.0.0.1:$B1
+  server s2 127.0.0.1:$B2
+  server s3 127.0.0.1:$B3
+EOF
+cat >"$OUT/random-id.lua" <<'EOF'
+math.randomseed(os.time())
+request = function()
+  return wrk.format("GET", "/home?id=" .. math.random(100000, 999999))
+end
+EOF
+
+"$NGINX" -c "$OUT/backends.conf" -p "$OUT" & pids+=($!)
+"$NGINX" -c "$OUT/proxy-nginx.conf" -p "$OUT" & pids+=($!)
+"$HAPROXY" -f "$OUT/haproxy.cfg" -q & pids+=($!)
+backends=(--backend "Server1=127.0.0.1:$B1" --backend "Server2=127.0.0.1:$B2" --backend "Server3=127.0.0.1:$B3")
+RUST_LOG=warn ./target/release/load_balancer --runtime static "${backends[@]}" \
+  --hash-key query:id --workers 1 --listen "127.0.0.1:$P_LB" >/dev/null & pids+=($!)
+RUST_LOG=warn ./target/release/load_balancer --runtime static "${backends[@]}" \
+  --hash-key query:id --listen "127.0.0.1:$P_LB_ALL" >/dev/null & pids+=($!)
+
+for port in $B1 $P_NGINX $P_HAPROXY $P_LB $P_LB_ALL; do
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/home?id=1" >/dev/null && break; sleep 0.1; done
+done
+
+targets=("direct:$B1" "nginx:$P_NGINX" "haproxy:$P_HAPROXY" "load_balancer:$P_LB" "load_balancer(all-workers):$P_LB_ALL")
+: >"$OUT/runs.txt"
+for round in $(seq "$ROUNDS"); do
+  for t in "${targets[@]}"; do
+    name=${t%%:*} port=${t##*:}
+    echo "round $round/$ROUNDS: $name" >&2
+    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/random-id.lua" "http://127.0.0.1:$port/")
+    printf '=== %s\n%s\n' "$name" "$out" >>"$OUT/runs.txt"
+  done
+done
+
+python3 - "$OUT/runs.txt" <<'EOF'
+import re, statistics, sys
+runs = {}
+for block in open(sys.argv[1]).read().split("=== ")[1:]:
+    name, _, body = block.partition("\n")
+    def ms(label):
+        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", body, re.M)
+        v = float(m.group(1))
+        return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", body).group(1))
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", body))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", body)
+    errors += int(m.group(1)) if m else 0
+    runs.setdefault(name, []).append((rps, ms("50"), ms("99"), errors))
+med = {n: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
+           statistics.median(r[2] for r in v), sum(r[3] for r in v)) for n, v in runs.items()}
+peer = max(("nginx", "haproxy"), key=lambda n: med[n][0])
+print(f"\nmedian of {len(runs['nginx'])} rounds; better peer: {peer}\n")
+print(f"| target | req/s | p50 ms | p99 ms | errors | req/s ÷ {peer} | p99 ÷ {peer} |")
+print("|---|---|---|---|---|---|---|")
+for n, (rps, p50, p99, err) in med.items():
+    print(f"| {n} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {err} | {rps / med[peer][0]:.2f} | {p99 / med[peer][2]:.2f} |")
+EOF
