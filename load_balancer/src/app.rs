@@ -13,6 +13,7 @@ use crate::config::{Config, RuntimeKind};
 use crate::health::{self, HeartbeatConfig, Prober};
 use crate::proxy::{Proxy, ProxyConfig};
 use crate::ring::{Geometry, Ring};
+use crate::runtime::docker::{DockerRuntime, DockerSettings};
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::static_set::StaticRuntime;
 use crate::runtime::{EventSender, Runtime};
@@ -35,11 +36,16 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("docker runtime: {0}")]
+    Docker(crate::runtime::RuntimeError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-fn build_runtime(config: &Config, events: EventSender) -> Result<Arc<dyn Runtime>, StartError> {
+async fn build_runtime(
+    config: &Config,
+    events: EventSender,
+) -> Result<Arc<dyn Runtime>, StartError> {
     Ok(match config.runtime {
         RuntimeKind::Process => {
             let bin = match &config.server_bin {
@@ -54,7 +60,20 @@ fn build_runtime(config: &Config, events: EventSender) -> Result<Arc<dyn Runtime
             }
             Arc::new(StaticRuntime::new(&config.backends))
         }
-        RuntimeKind::Docker => return Err(StartError::RuntimeUnavailable("docker")),
+        RuntimeKind::Docker => {
+            let settings = DockerSettings {
+                image: config.image.clone(),
+                network: config.network.clone(),
+                instance: config.instance.clone(),
+                addressing: config.docker_addressing,
+                cleanup_on_exit: config.cleanup_on_exit,
+            };
+            Arc::new(
+                DockerRuntime::connect(settings, events)
+                    .await
+                    .map_err(StartError::Docker)?,
+            )
+        }
     })
 }
 
@@ -74,7 +93,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     let ring = Ring::new(geometry, scheme.clone());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let runtime = build_runtime(&config, events_tx)?;
+    let runtime = build_runtime(&config, events_tx).await?;
     let replicas = match config.runtime {
         RuntimeKind::Static => config.backends.len(),
         _ => config.replicas,

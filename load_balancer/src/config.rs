@@ -19,6 +19,19 @@ pub enum RuntimeKind {
     Static,
 }
 
+/// How the `docker` runtime reaches its replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DockerAddressing {
+    /// `network` when the balancer itself runs in a container, else `published`.
+    Auto,
+    /// Port 5000 of each replica published on 127.0.0.1 at a port the engine picks:
+    /// for a balancer on the host, which cannot reach container addresses by name.
+    Published,
+    /// `<container-name>:5000` over the Docker network: for a balancer in a container
+    /// on the same network.
+    Network,
+}
+
 /// A consistent-hashing HTTP load balancer that runs and heals its own replicas.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "load_balancer", version)]
@@ -54,6 +67,15 @@ pub struct Config {
     /// `docker` runtime: the value of the `lb.managed-by` label of its containers.
     #[arg(long, env = "LB_INSTANCE", default_value = "load_balancer")]
     pub instance: String,
+
+    /// `docker` runtime: how replicas are reached.
+    #[arg(long, env = "LB_DOCKER_ADDRESSING", value_enum, default_value = "auto")]
+    pub docker_addressing: DockerAddressing,
+
+    /// `docker` runtime: remove every container of the instance when the balancer
+    /// exits (by default they keep running, and a restarted balancer adopts them).
+    #[arg(long, env = "LB_CLEANUP_ON_EXIT")]
+    pub cleanup_on_exit: bool,
 
     /// `static` runtime: an existing server to balance, as `ADDR` or `NAME=ADDR`.
     #[arg(long = "backend", env = "LB_BACKEND", value_delimiter = ',')]
@@ -129,6 +151,8 @@ mod tests {
         assert_eq!(c.hash, "quadratic");
         assert_eq!(c.hash_key, HashKey::Random);
         assert_eq!((c.slots, c.virtual_nodes), (512, 9));
+        assert_eq!(c.docker_addressing, DockerAddressing::Auto);
+        assert!(!c.cleanup_on_exit);
     }
 
     #[test]

@@ -241,3 +241,4 @@ pub fn wait_healthy(lb: &Service, n: usize, timeout: Duration) {
 pub fn alive(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), None).is_ok()
 }
+pub mod docker;

@@ -405,3 +405,33 @@ fn the_ring_cap_refuses_replicas_that_do_not_fit() {
     assert_eq!(lb.send("POST", "/add", Some(r#"{"n": 1}"#)).status, 400);
     assert_eq!(rep_names(&lb).len(), 2);
 }
+
+#[test]
+fn concurrent_adds_and_removes_are_applied_one_at_a_time() {
+    let lb = Arc::new(balancer(&[]));
+    let calls: Vec<_> = (0..12)
+        .map(|i| {
+            let lb = lb.clone();
+            std::thread::spawn(move || {
+                if i % 3 == 2 {
+                    lb.send("DELETE", "/rm", Some(r#"{"n": 1}"#)).status
+                } else {
+                    lb.send("POST", "/add", Some(r#"{"n": 1}"#)).status
+                }
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // 3 + 8 added - 4 removed.
+    let names = rep_names(&lb);
+    assert_eq!(names.len(), 7, "{names:?}");
+    let unique: std::collections::HashSet<_> = names.iter().collect();
+    assert_eq!(unique.len(), 7);
+    let live = pids(&lb);
+    assert_eq!(live.len(), 7);
+    assert!(live.iter().all(|p| alive(*p)));
+    let ids: std::collections::HashSet<_> =
+        replicas(&lb).iter().map(|r| r["id"].as_u64()).collect();
+    assert_eq!(ids.len(), 7);
+}

@@ -4,6 +4,7 @@
 //! runs, and hear about deaths on the channel given at construction. Everything else
 //! (health, the ring, respawning) is the same whichever runtime is in use.
 
+pub mod docker;
 pub mod process;
 pub mod static_set;
 

@@ -1,0 +1,48 @@
+//! Ring lookup and candidate iteration: the per-request cost of routing.
+//!
+//! `cargo bench -p load_balancer --bench ring`
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use load_balancer::hashkey::key_to_id;
+use load_balancer::ring::{Geometry, Ring};
+use load_balancer::scheme::Quadratic;
+
+fn ring_with(n: u32) -> Ring {
+    let mut ring = Ring::new(Geometry::DEFAULT, Arc::new(Quadratic));
+    for id in 1..=n {
+        ring.add(id).unwrap();
+    }
+    ring
+}
+
+fn lookups(c: &mut Criterion) {
+    for n in [3u32, 56] {
+        let table = ring_with(n).table(|_| true);
+        let mut r = 100_000u64;
+        c.bench_function(&format!("first candidate, {n} servers"), |b| {
+            b.iter(|| {
+                r = r.wrapping_add(7919);
+                black_box(table.owner(black_box(r)))
+            })
+        });
+        c.bench_function(&format!("all candidates, {n} servers"), |b| {
+            b.iter(|| {
+                r = r.wrapping_add(7919);
+                black_box(table.candidates(black_box(r)).count())
+            })
+        });
+    }
+    c.bench_function("table rebuild, 56 servers", |b| {
+        let ring = ring_with(56);
+        b.iter(|| black_box(ring.table(|id| id % 7 != 0)))
+    });
+    c.bench_function("non-numeric key to id", |b| {
+        b.iter(|| black_box(key_to_id(black_box("user-8d3f2a"))))
+    });
+}
+
+criterion_group!(benches, lookups);
+criterion_main!(benches);

@@ -1,0 +1,742 @@
+//! The `docker` runtime: each replica is a container of the server image, created,
+//! watched and removed through the engine's API.
+//!
+//! Ownership is carried by labels, not by memory: every container this runtime
+//! creates has `lb.managed-by=<instance>`, so a restarted balancer can find (and
+//! adopt) what an earlier one left running, and a container without the label is
+//! never stopped or removed, whatever its name.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum, EndpointSettings,
+    EventMessage, HostConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, EventsOptions, InspectContainerOptions, InspectNetworkOptions,
+    ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+
+use super::{EventSender, ReplicaSpec, Running, Runtime, RuntimeError, RuntimeEvent};
+use crate::config::DockerAddressing;
+
+/// The label naming the balancer instance that owns a container.
+pub const LABEL_MANAGED_BY: &str = "lb.managed-by";
+/// The label holding a replica's ring id, so an adopted replica keeps its slots.
+pub const LABEL_SERVER_ID: &str = "lb.server-id";
+/// The label holding a replica's hostname, which the container name may prefix.
+pub const LABEL_HOSTNAME: &str = "lb.hostname";
+/// The instance whose container names carry no prefix.
+pub const DEFAULT_INSTANCE: &str = "load_balancer";
+/// The port the server listens on inside its container.
+const SERVER_PORT: u16 = 5000;
+/// Enough for the server, small enough that a runaway replica cannot hurt the host.
+const MEMORY_LIMIT: i64 = 64 * 1024 * 1024;
+const PIDS_LIMIT: i64 = 64;
+/// How long `shutdown --cleanup-on-exit` lets replicas finish in-flight requests.
+const CLEANUP_GRACE: Duration = Duration::from_secs(5);
+const MAX_EVENT_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What the `docker` runtime needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct DockerSettings {
+    /// The server image, e.g. `lb-server:latest`.
+    pub image: String,
+    /// The network replicas join; created (bridge) when missing.
+    pub network: String,
+    /// The value of the `lb.managed-by` label.
+    pub instance: String,
+    /// How replicas are reached.
+    pub addressing: DockerAddressing,
+    /// Whether `shutdown` removes every container of the instance.
+    pub cleanup_on_exit: bool,
+}
+
+/// How replicas are reached, once `auto` is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Published,
+    Network,
+}
+
+/// Runs replicas as containers on a local (or `DOCKER_HOST`) engine.
+pub struct DockerRuntime {
+    docker: Docker,
+    settings: DockerSettings,
+    reach: Reach,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl DockerRuntime {
+    /// Connects to the engine, creates the network if missing, and starts reporting
+    /// deaths of the instance's containers on `events`.
+    pub async fn connect(
+        settings: DockerSettings,
+        events: EventSender,
+    ) -> Result<Self, RuntimeError> {
+        if !valid_name(&settings.instance) {
+            return Err(RuntimeError::Other(format!(
+                "--instance '{}' must match [a-zA-Z0-9][a-zA-Z0-9_.-]*: it prefixes container names",
+                settings.instance
+            )));
+        }
+        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".into());
+        let unreachable = |e: DockerError| {
+            RuntimeError::Other(format!("cannot reach the Docker engine at {host}: {e}"))
+        };
+        // The engine may speak an older API than bollard's default; negotiating
+        // avoids "client version too new" on every call.
+        let docker = Docker::connect_with_defaults()
+            .map_err(unreachable)?
+            .negotiate_version()
+            .await
+            .map_err(unreachable)?;
+        ensure_network(&docker, &settings.network).await?;
+        let me = own_container(&docker).await;
+        let reach = match settings.addressing {
+            DockerAddressing::Published => Reach::Published,
+            DockerAddressing::Network => Reach::Network,
+            DockerAddressing::Auto if me.is_some() => Reach::Network,
+            DockerAddressing::Auto => Reach::Published,
+        };
+        if reach == Reach::Network {
+            match &me {
+                Some(me) => join_network(&docker, me, &settings.network).await,
+                None => log::warn!(
+                    "--docker-addressing network, but this process is not in a container the \
+                     engine knows: replicas are reachable only if {} resolves here",
+                    settings.network
+                ),
+            }
+        }
+        log::info!(
+            "docker runtime: engine API {}, network {}, instance {}, replicas reached {}",
+            docker.client_version(),
+            settings.network,
+            settings.instance,
+            match reach {
+                Reach::Published => "on published loopback ports",
+                Reach::Network => "by container name over the network",
+            }
+        );
+        // Replay from a little before now: deaths between this point and the moment
+        // the subscription is live are not lost.
+        let since = unix_now() - 1;
+        let watcher = tokio::spawn(watch_events(
+            docker.clone(),
+            settings.instance.clone(),
+            events,
+            since,
+        ));
+        Ok(DockerRuntime {
+            docker,
+            settings,
+            reach,
+            watcher,
+        })
+    }
+
+    fn container_name(&self, hostname: &str) -> String {
+        container_name(&self.settings.instance, hostname)
+    }
+
+    fn owned(&self, labels: Option<&HashMap<String, String>>) -> bool {
+        labels
+            .and_then(|l| l.get(LABEL_MANAGED_BY))
+            .is_some_and(|v| *v == self.settings.instance)
+    }
+
+    fn instance_filter(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_MANAGED_BY}={}", self.settings.instance)],
+        )])
+    }
+
+    /// Where the balancer reaches a started container, or `None` when it cannot
+    /// (e.g. a container started in network mode, adopted by a balancer on the host).
+    fn address_of(&self, c: &ContainerInspectResponse) -> Option<String> {
+        match self.reach {
+            Reach::Network => {
+                let name = c.name.as_deref()?.trim_start_matches('/');
+                let on_network = c
+                    .network_settings
+                    .as_ref()
+                    .and_then(|n| n.networks.as_ref())
+                    .is_some_and(|n| n.contains_key(&self.settings.network));
+                on_network.then(|| format!("{name}:{SERVER_PORT}"))
+            }
+            Reach::Published => {
+                let bindings = c
+                    .network_settings
+                    .as_ref()?
+                    .ports
+                    .as_ref()?
+                    .get(&format!("{SERVER_PORT}/tcp"))?
+                    .as_ref()?;
+                bindings
+                    .iter()
+                    .filter_map(|b| b.host_port.as_deref())
+                    .find(|p| !p.is_empty())
+                    .map(|port| format!("127.0.0.1:{port}"))
+            }
+        }
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, DockerError> {
+        match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a container of ours by id or name, killing it first if it runs.
+    async fn remove(&self, id: &str) -> Result<(), DockerError> {
+        let opts = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(opts)).await {
+            // 409: a removal is already in progress, which is what we want.
+            Err(e) if !matches!(status(&e), Some(404 | 409)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn create_body(&self, spec: &ReplicaSpec) -> ContainerCreateBody {
+        let labels = HashMap::from([
+            (LABEL_MANAGED_BY.to_string(), self.settings.instance.clone()),
+            (LABEL_SERVER_ID.to_string(), spec.id.to_string()),
+            (LABEL_HOSTNAME.to_string(), spec.hostname.clone()),
+        ]);
+        let port = format!("{SERVER_PORT}/tcp");
+        let port_bindings = (self.reach == Reach::Published).then(|| {
+            // No host port: the engine picks a free one, so replicas never race for it.
+            HashMap::from([(
+                port.clone(),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(String::new()),
+                }]),
+            )])
+        });
+        ContainerCreateBody {
+            image: Some(self.settings.image.clone()),
+            env: Some(vec![
+                format!("SERVER_ID={}", spec.hostname),
+                format!("LISTEN=0.0.0.0:{SERVER_PORT}"),
+            ]),
+            labels: Some(labels),
+            exposed_ports: Some(vec![port]),
+            host_config: Some(HostConfig {
+                memory: Some(MEMORY_LIMIT),
+                pids_limit: Some(PIDS_LIMIT),
+                privileged: Some(false),
+                // The supervisor replaces dead replicas itself; an engine restart
+                // would fight it and reuse a container id it already gave up on.
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                network_mode: Some(self.settings.network.clone()),
+                port_bindings,
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    self.settings.network.clone(),
+                    EndpointSettings::default(),
+                )])),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Creates the container; a leftover of ours with the same name is replaced, a
+    /// stranger's is refused.
+    async fn create(&self, spec: &ReplicaSpec, name: &str) -> Result<String, String> {
+        let opts = || CreateContainerOptions {
+            name: Some(name.to_string()),
+            ..Default::default()
+        };
+        let first = self
+            .docker
+            .create_container(Some(opts()), self.create_body(spec))
+            .await;
+        let err = match first {
+            Ok(r) => return Ok(r.id),
+            Err(e) => e,
+        };
+        match status(&err) {
+            Some(404) => {
+                return Err(format!(
+                    "image {} not found ({}): run `make images` first",
+                    self.settings.image,
+                    message(&err)
+                ))
+            }
+            Some(409) => {}
+            _ => return Err(message(&err)),
+        }
+        let existing = self.inspect(name).await.map_err(|e| message(&e))?;
+        if let Some(c) = &existing {
+            if !self.owned(c.config.as_ref().and_then(|c| c.labels.as_ref())) {
+                return Err(format!(
+                    "a container named {name} already exists and is not managed by this balancer \
+                     (no label {LABEL_MANAGED_BY}={}); remove or rename it",
+                    self.settings.instance
+                ));
+            }
+            log::warn!("removing a leftover container {name} before starting it again");
+            self.remove(name).await.map_err(|e| message(&e))?;
+        }
+        self.docker
+            .create_container(Some(opts()), self.create_body(spec))
+            .await
+            .map(|r| r.id)
+            .map_err(|e| message(&e))
+    }
+}
+
+impl Drop for DockerRuntime {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn discover(&self) -> Result<Vec<Running>, RuntimeError> {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(self.instance_filter()),
+            ..Default::default()
+        };
+        let listed = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| RuntimeError::Other(format!("listing containers: {e}")))?;
+        let mut found = Vec::new();
+        for summary in listed {
+            let Some(id) = summary.id.clone() else {
+                continue;
+            };
+            let labels = summary.labels.clone().unwrap_or_default();
+            let hostname = labels.get(LABEL_HOSTNAME).cloned();
+            let server_id = labels.get(LABEL_SERVER_ID).and_then(|v| v.parse().ok());
+            let running = summary.state == Some(ContainerSummaryStateEnum::RUNNING);
+            let inspected = if running {
+                self.inspect(&id).await.ok().flatten()
+            } else {
+                None
+            };
+            let address = inspected.as_ref().and_then(|c| self.address_of(c));
+            match (hostname, server_id, address) {
+                (Some(hostname), Some(server_id), Some(address)) => found.push(Running {
+                    hostname,
+                    id: server_id,
+                    address,
+                    handle: id,
+                }),
+                _ => {
+                    let name = summary.names.as_ref().and_then(|n| n.first());
+                    log::info!(
+                        "removing {} container {} ({id}): it cannot be adopted",
+                        if running { "unreachable" } else { "dead" },
+                        name.map_or("?", |n| n.trim_start_matches('/'))
+                    );
+                    if let Err(e) = self.remove(&id).await {
+                        log::warn!("removing {id}: {e}");
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn start(&self, spec: &ReplicaSpec) -> Result<Running, RuntimeError> {
+        let fail = |reason: String| RuntimeError::Start {
+            hostname: spec.hostname.clone(),
+            reason,
+        };
+        let name = self.container_name(&spec.hostname);
+        let id = self.create(spec, &name).await.map_err(fail)?;
+        // From here on the container exists: any failure removes it again, so a
+        // failed start leaves nothing behind.
+        let started = async {
+            self.docker
+                .start_container(&id, None)
+                .await
+                .map_err(|e| message(&e))?;
+            let c = self
+                .inspect(&id)
+                .await
+                .map_err(|e| message(&e))?
+                .ok_or("vanished right after it started")?;
+            if !c.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
+                return Err("exited right after it started".to_string());
+            }
+            self.address_of(&c)
+                .ok_or_else(|| "the engine did not report its address".to_string())
+        }
+        .await;
+        match started {
+            Ok(address) => {
+                log::debug!("started {name} ({id}) at {address}");
+                Ok(Running {
+                    hostname: spec.hostname.clone(),
+                    id: spec.id,
+                    address,
+                    handle: id,
+                })
+            }
+            Err(reason) => {
+                let _ = self.remove(&id).await;
+                Err(fail(reason))
+            }
+        }
+    }
+
+    async fn stop(&self, replica: &Running, grace: Duration) -> Result<(), RuntimeError> {
+        let other = |e: DockerError| {
+            RuntimeError::Other(format!("stopping {}: {}", replica.hostname, message(&e)))
+        };
+        let Some(c) = self.inspect(&replica.handle).await.map_err(other)? else {
+            return Ok(());
+        };
+        if !self.owned(c.config.as_ref().and_then(|c| c.labels.as_ref())) {
+            return Err(RuntimeError::Other(format!(
+                "refusing to stop container {}: it lacks {LABEL_MANAGED_BY}={}",
+                replica.handle, self.settings.instance
+            )));
+        }
+        if !grace.is_zero() {
+            let opts = StopContainerOptions {
+                // Round up: a grace below a second must not become an instant kill.
+                t: Some(grace.as_secs_f64().ceil().min(i32::MAX as f64) as i32),
+                ..Default::default()
+            };
+            match self
+                .docker
+                .stop_container(&replica.handle, Some(opts))
+                .await
+            {
+                // 304: already stopped; 404: already gone.
+                Err(e) if !matches!(status(&e), Some(304 | 404)) => {
+                    log::warn!("stopping {}: {}", replica.hostname, message(&e));
+                }
+                _ => {}
+            }
+        }
+        self.remove(&replica.handle).await.map_err(other)
+    }
+
+    async fn shutdown(&self, replicas: &[Running]) {
+        self.watcher.abort();
+        if !self.settings.cleanup_on_exit {
+            log::info!(
+                "leaving {} replica containers running; a restarted balancer adopts them",
+                replicas.len()
+            );
+            return;
+        }
+        // Everything with the label, not just `replicas`: one still being created
+        // when the signal came must not be left behind.
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(self.instance_filter()),
+            ..Default::default()
+        };
+        let listed = match self.docker.list_containers(Some(opts)).await {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!("cannot list containers to clean up: {e}");
+                return;
+            }
+        };
+        let stops = listed
+            .iter()
+            .filter_map(|c| c.id.as_deref())
+            .map(|id| async move {
+                let opts = StopContainerOptions {
+                    t: Some(CLEANUP_GRACE.as_secs() as i32),
+                    ..Default::default()
+                };
+                let _ = self.docker.stop_container(id, Some(opts)).await;
+                if let Err(e) = self.remove(id).await {
+                    log::warn!("removing {id}: {e}");
+                }
+            });
+        join_all(stops).await;
+        log::info!("removed {} replica containers", listed.len());
+    }
+}
+
+/// A replica's container name: its hostname, prefixed with the instance unless the
+/// instance is the default one, so two instances can share an engine.
+pub fn container_name(instance: &str, hostname: &str) -> String {
+    if instance == DEFAULT_INSTANCE {
+        hostname.to_string()
+    } else {
+        format!("{instance}-{hostname}")
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn in_container() -> bool {
+    Path::new("/.dockerenv").exists() || Path::new("/run/.containerenv").exists()
+}
+
+/// The container this process runs in, as the engine sees it, or `None` on the host.
+/// `/.dockerenv` alone is no proof (some VM images keep it from the container they
+/// were built from), so the engine must know a container that matches our hostname.
+async fn own_container(docker: &Docker) -> Option<ContainerInspectResponse> {
+    let me = std::fs::read_to_string("/etc/hostname").ok()?;
+    let me = me.trim();
+    if me.is_empty() {
+        return None;
+    }
+    let c = docker
+        .inspect_container(me, None::<InspectContainerOptions>)
+        .await
+        .ok()?;
+    // A container's default hostname is its short id; a chosen one (compose
+    // `hostname:`) is only trusted from inside a container.
+    let by_id = c.id.as_deref().is_some_and(|id| id.starts_with(me));
+    let by_hostname =
+        in_container() && c.config.as_ref().and_then(|c| c.hostname.as_deref()) == Some(me);
+    (by_id || by_hostname).then_some(c)
+}
+
+fn status(e: &DockerError) -> Option<u16> {
+    match e {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// The engine's own message when there is one: it is the readable part.
+fn message(e: &DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn ensure_network(docker: &Docker, network: &str) -> Result<(), RuntimeError> {
+    match docker
+        .inspect_network(network, None::<InspectNetworkOptions>)
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if status(&e) == Some(404) => {}
+        Err(e) => {
+            return Err(RuntimeError::Other(format!(
+                "inspecting network {network}: {}",
+                message(&e)
+            )))
+        }
+    }
+    let request = NetworkCreateRequest {
+        name: network.to_string(),
+        driver: Some("bridge".into()),
+        ..Default::default()
+    };
+    match docker.create_network(request).await {
+        Ok(_) => {
+            log::info!("created network {network}");
+            Ok(())
+        }
+        // Another balancer created it in the meantime.
+        Err(e) if status(&e) == Some(409) => Ok(()),
+        Err(e) => Err(RuntimeError::Other(format!(
+            "creating network {network}: {}",
+            message(&e)
+        ))),
+    }
+}
+
+/// A balancer in a container reaches replicas by name only from the same network:
+/// join it when started without it (e.g. a plain `docker run`).
+async fn join_network(docker: &Docker, me: &ContainerInspectResponse, network: &str) {
+    let joined = me
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .is_some_and(|n| n.contains_key(network));
+    let Some(id) = me.id.clone().filter(|_| !joined) else {
+        return;
+    };
+    let request = NetworkConnectRequest {
+        container: id,
+        ..Default::default()
+    };
+    match docker.connect_network(network, request).await {
+        Ok(()) => log::info!("joined network {network} to reach the replicas"),
+        Err(e) => log::warn!(
+            "this container is not on network {network} and could not join it: {}",
+            message(&e)
+        ),
+    }
+}
+
+/// Follows the engine's event stream for the instance's containers and reports
+/// deaths; reconnects (replaying from where it left off) when the stream ends.
+async fn watch_events(docker: Docker, instance: String, events: EventSender, mut since: i64) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "label".to_string(),
+                vec![format!("{LABEL_MANAGED_BY}={instance}")],
+            ),
+            (
+                "event".to_string(),
+                ["die", "oom", "kill", "destroy"].map(String::from).to_vec(),
+            ),
+        ]);
+        let opts = EventsOptions {
+            since: Some(since.to_string()),
+            until: None,
+            filters: Some(filters),
+        };
+        let mut stream = docker.events(Some(opts));
+        let mut failure = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(msg) => {
+                    backoff = Duration::from_millis(250);
+                    if let Some(event) = death(&msg) {
+                        if events.send(event).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if events.is_closed() {
+            return;
+        }
+        match failure {
+            Some(e) => log::warn!("docker event stream failed ({e}); reconnecting in {backoff:?}"),
+            None => log::warn!("docker event stream ended; reconnecting in {backoff:?}"),
+        }
+        // Events are stamped in whole seconds: replay the last ones; a duplicate
+        // death report is ignored by the supervisor.
+        since = unix_now() - 2;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_EVENT_BACKOFF);
+    }
+}
+
+/// The death an engine event reports, if it reports one.
+fn death(msg: &EventMessage) -> Option<RuntimeEvent> {
+    let actor = msg.actor.as_ref()?;
+    let handle = actor.id.clone()?;
+    let attrs = actor.attributes.clone().unwrap_or_default();
+    let reason = match msg.action.as_deref()? {
+        "die" => format!(
+            "container exited with code {}",
+            attrs.get("exitCode").map_or("?", String::as_str)
+        ),
+        "oom" => "container ran out of memory".to_string(),
+        "destroy" => "container was removed".to_string(),
+        // Any other signal may be handled or ignored; only SIGKILL surely kills,
+        // and reporting it now saves waiting for the `die` that follows.
+        "kill"
+            if matches!(
+                attrs.get("signal").map(String::as_str),
+                Some("9" | "SIGKILL")
+            ) =>
+        {
+            "container was killed".to_string()
+        }
+        _ => return None,
+    };
+    Some(RuntimeEvent::Died { handle, reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::EventActor;
+
+    fn event(action: &str, attrs: &[(&str, &str)]) -> EventMessage {
+        EventMessage {
+            action: Some(action.into()),
+            actor: Some(EventActor {
+                id: Some("abc".into()),
+                attributes: Some(
+                    attrs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_the_default_instance_has_unprefixed_names() {
+        assert_eq!(container_name(DEFAULT_INSTANCE, "Server1"), "Server1");
+        assert_eq!(container_name("blue", "Server1"), "blue-Server1");
+    }
+
+    #[test]
+    fn instance_names_must_be_usable_in_container_names() {
+        assert!(valid_name("e2e-boot-123"));
+        assert!(valid_name("load_balancer"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("-x"));
+        assert!(!valid_name("a/b"));
+    }
+
+    #[test]
+    fn die_oom_destroy_and_sigkill_are_deaths_other_signals_are_not() {
+        let died = |m: &EventMessage| death(m).map(|RuntimeEvent::Died { handle, .. }| handle);
+        assert_eq!(
+            died(&event("die", &[("exitCode", "137")])),
+            Some("abc".into())
+        );
+        assert_eq!(died(&event("oom", &[])), Some("abc".into()));
+        assert_eq!(died(&event("destroy", &[])), Some("abc".into()));
+        assert_eq!(died(&event("kill", &[("signal", "9")])), Some("abc".into()));
+        assert_eq!(died(&event("kill", &[("signal", "15")])), None);
+        assert_eq!(died(&event("start", &[])), None);
+    }
+}
