@@ -8,6 +8,7 @@ use subtle::ConstantTimeEq;
 
 use crate::admin::{self, Op, MAX_BODY};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::supervisor::SupervisorHandle;
@@ -17,6 +18,7 @@ pub struct AppState {
     pub snapshot: SharedSnapshot,
     pub supervisor: SupervisorHandle,
     pub proxy: Proxy,
+    pub metrics: std::sync::Arc<Metrics>,
     /// When set, `/add` and `/rm` need `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
     /// Shown in `/status`.
@@ -29,6 +31,7 @@ pub struct AppState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/rep", web::get().to(rep))
         .route("/status", web::get().to(status))
+        .route("/metrics", web::get().to(metrics))
         .route("/add", web::post().to(add))
         .route("/rm", web::delete().to(remove))
         .default_service(web::to(forward));
@@ -55,6 +58,12 @@ async fn status(state: web::Data<AppState>) -> HttpResponse {
         "hash": state.hash,
         "hash_key": state.hash_key,
     }))
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render(&state.snapshot.load()))
 }
 
 async fn add(

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use crate::api::{self, AppState};
 use crate::config::{Config, RuntimeKind};
 use crate::health::{self, HeartbeatConfig, Prober};
+use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyConfig};
 use crate::ring::{Geometry, Ring};
 use crate::runtime::docker::{DockerRuntime, DockerSettings};
@@ -27,8 +28,6 @@ pub enum StartError {
     UnknownScheme(String),
     #[error("the static runtime needs at least one --backend")]
     NoBackends,
-    #[error("the {0} runtime is not available in this build")]
-    RuntimeUnavailable(&'static str),
     #[error("cannot find the server binary: {0}")]
     ServerBin(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -108,6 +107,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     let snapshot = Arc::new(ArcSwap::from_pointee(Supervisor::empty_snapshot(&ring)));
     let prober = Prober::new(config.heartbeat_timeout);
+    let metrics = Arc::new(Metrics::new());
     let supervisor = Supervisor::new(
         runtime.clone(),
         prober.clone(),
@@ -119,6 +119,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             drain_timeout: config.drain_timeout,
         },
         snapshot.clone(),
+        metrics.clone(),
     );
     let (unhealthy_tx, unhealthy_rx) = mpsc::unbounded_channel();
     let (handle, supervisor_task) = supervisor.spawn(events_rx, unhealthy_rx);
@@ -149,7 +150,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 response_timeout: config.response_timeout,
             },
             snapshot,
+            metrics.clone(),
         ),
+        metrics,
         admin_token: config.admin_token.clone(),
         runtime: runtime.name(),
         hash: scheme.name(),

@@ -4,7 +4,7 @@
 //! The pure core: [`ring`] and [`scheme`] (placement and lookup), [`hashkey`] (where a
 //! request's id comes from), [`admin`] (validation and planning of `/add` and `/rm`).
 //! The edges around it: [`runtime`] (who runs replicas), [`supervisor`] (keeps them
-//! alive), [`health`] (heartbeats), [`proxy`] (forwarding), [`api`] (HTTP), [`app`]
+//! alive), [`health`] (heartbeats), [`metrics`] (Prometheus), [`proxy`] (forwarding), [`api`] (HTTP), [`app`]
 //! (wiring them together from a [`config::Config`]).
 
 pub mod admin;
@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod hashkey;
 pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod ring;
 pub mod runtime;

@@ -4,7 +4,8 @@
 use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::body::SizedStream;
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -21,6 +22,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::error::ApiError;
 use crate::hashkey::{HashKey, KeySource};
+use crate::metrics::Metrics;
 use crate::snapshot::SharedSnapshot;
 
 type UpstreamBody = UnsyncBoxBody<Bytes, io::Error>;
@@ -53,11 +55,12 @@ pub struct Proxy {
     client: Client<HttpConnector, UpstreamBody>,
     config: ProxyConfig,
     snapshot: SharedSnapshot,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
     /// A proxy that routes by `snapshot`.
-    pub fn new(config: ProxyConfig, snapshot: SharedSnapshot) -> Self {
+    pub fn new(config: ProxyConfig, snapshot: SharedSnapshot, metrics: Arc<Metrics>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -69,6 +72,7 @@ impl Proxy {
             client,
             config,
             snapshot,
+            metrics,
         }
     }
 
@@ -88,7 +92,11 @@ impl Proxy {
         let retryable = is_idempotent(req.method()) && !has_body;
         let mut body = has_body.then(|| stream_body(payload));
         let mut last_error = String::from("no candidate");
-        for backend in snap.routing.candidates(request_id) {
+        let started = Instant::now();
+        for (attempt, backend) in snap.routing.candidates(request_id).enumerate() {
+            if attempt > 0 {
+                self.metrics.retries.inc();
+            }
             let upstream = match build_request(&req, &backend.address, body.take()) {
                 Ok(r) => r,
                 Err(e) => return Err(ApiError::bad(format!("Cannot forward this request: {e}"))),
@@ -99,18 +107,31 @@ impl Proxy {
                     .await;
             match sent {
                 Ok(Ok(res)) => {
-                    backend.failures.store(0, Ordering::Relaxed);
+                    self.metrics
+                        .latency
+                        .observe(started.elapsed().as_secs_f64());
+                    backend.counters.response(res.status().as_u16());
+                    if backend.failures.load(Ordering::Relaxed) != 0 {
+                        backend.failures.store(0, Ordering::Relaxed);
+                    }
                     if res.status() == hyper::StatusCode::NOT_FOUND {
                         return Err(ApiError::UnknownEndpoint(req.path().to_string()));
                     }
                     return Ok(build_response(res, &backend.hostname, guard));
                 }
                 Ok(Err(e)) => {
-                    backend.failures.fetch_add(1, Ordering::Relaxed);
+                    backend.counters.error();
+                    if backend.record_failure() {
+                        self.metrics.ejections.inc();
+                        log::warn!("{} ejected after failed requests", backend.hostname);
+                    }
                     log::debug!("{} failed: {e}", backend.hostname);
                     last_error = format!("{}: {e}", backend.hostname);
                 }
-                Err(_) => return Err(ApiError::GatewayTimeout),
+                Err(_) => {
+                    backend.counters.error();
+                    return Err(ApiError::GatewayTimeout);
+                }
             }
             if !retryable {
                 break;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use crate::metrics::ReplicaCounters;
 use crate::ring::{ServerId, Table};
 
 /// Consecutive forwarding failures after which a backend is skipped until its next
@@ -28,18 +29,26 @@ pub struct Backend {
     pub in_flight: AtomicUsize,
     /// Forwarding failures in a row; reset by a success or a heartbeat.
     pub failures: AtomicU32,
+    /// Its request counters in `/metrics`.
+    pub counters: ReplicaCounters,
 }
 
 impl Backend {
     /// A backend with no traffic yet.
-    pub fn new(id: ServerId, hostname: String, address: String) -> Self {
+    pub fn new(id: ServerId, hostname: String, address: String, counters: ReplicaCounters) -> Self {
         Backend {
             id,
             hostname,
             address,
             in_flight: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
+            counters,
         }
+    }
+
+    /// Counts a forwarding failure; true when this one ejects the backend.
+    pub fn record_failure(&self) -> bool {
+        self.failures.fetch_add(1, Ordering::Relaxed) + 1 == EJECT_AFTER_FAILURES
     }
 
     /// Whether passive health has taken it out of routing.

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::admin::{self, Member, ScaleRequest};
 use crate::error::ApiError;
 use crate::health::Prober;
+use crate::metrics::Metrics;
 use crate::ring::{Ring, ServerId};
 use crate::runtime::{ReplicaSpec, Running, Runtime, RuntimeEvent};
 use crate::snapshot::{Backend, ReplicaState, ReplicaStatus, Routing, SharedSnapshot, Snapshot};
@@ -131,11 +132,12 @@ impl Replica {
         }
     }
 
-    fn become_healthy(&mut self, running: Running) {
+    fn become_healthy(&mut self, running: Running, metrics: &Metrics) {
         self.backend = Some(Arc::new(Backend::new(
             self.id,
             self.hostname.clone(),
             running.address.clone(),
+            metrics.replica(&self.hostname),
         )));
         self.running = Some(running);
         self.state = ReplicaState::Healthy;
@@ -159,6 +161,7 @@ pub struct Supervisor {
     ring: Ring,
     replicas: BTreeMap<ServerId, Replica>,
     snapshot: SharedSnapshot,
+    metrics: Arc<Metrics>,
     notes: mpsc::UnboundedSender<Note>,
     notes_rx: Option<mpsc::UnboundedReceiver<Note>>,
 }
@@ -171,6 +174,7 @@ impl Supervisor {
         ring: Ring,
         mut config: SupervisorConfig,
         snapshot: SharedSnapshot,
+        metrics: Arc<Metrics>,
     ) -> Self {
         config.capacity = config.capacity.min(ring.geometry().capacity());
         let (notes, notes_rx) = mpsc::unbounded_channel();
@@ -181,6 +185,7 @@ impl Supervisor {
             ring,
             replicas: BTreeMap::new(),
             snapshot,
+            metrics,
             notes,
             notes_rx: Some(notes_rx),
         }
@@ -342,7 +347,7 @@ impl Supervisor {
                 match (current, result) {
                     (Some(r), Ok(running)) => {
                         log::info!("{} is healthy at {}", r.hostname, running.address);
-                        r.become_healthy(running);
+                        r.become_healthy(running, &self.metrics);
                         self.publish();
                     }
                     (Some(r), Err(e)) => {
@@ -392,6 +397,7 @@ impl Supervisor {
         r.backend = None;
         r.healthy_since = None;
         r.restarts += 1;
+        self.metrics.respawns.inc();
         let id = r.id;
         self.schedule_respawn(id);
         self.publish();
@@ -438,7 +444,7 @@ impl Supervisor {
             self.ring.add(m.id).expect("plan_add respects capacity");
             let mut replica = Replica::new(m.hostname, m.id);
             replica.incarnation = 1;
-            replica.become_healthy(running.expect("checked above"));
+            replica.become_healthy(running.expect("checked above"), &self.metrics);
             self.replicas.insert(m.id, replica);
         }
         self.publish();
@@ -506,6 +512,7 @@ impl Supervisor {
                 handle: r.running.as_ref().map(|x| x.handle.clone()),
             })
             .collect();
+        self.metrics.ring_changes.inc();
         self.snapshot.store(Arc::new(Snapshot {
             routing: Routing::new(table, backends),
             replicas,

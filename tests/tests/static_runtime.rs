@@ -237,3 +237,25 @@ fn no_replica_left_gives_503() {
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["status"], "failure");
 }
+
+#[test]
+fn metrics_count_forwarded_requests_by_replica_and_class() {
+    let echo = TestBackend::start(Duration::ZERO);
+    let lb = balancer(&[format!("echo={}", echo.addr)], &[]);
+    for _ in 0..5 {
+        assert_eq!(lb.get("/anything").status, 200);
+    }
+    let m = lb.get("/metrics");
+    assert_eq!(m.status, 200);
+    assert!(m.header("content-type").unwrap().starts_with("text/plain"));
+    assert!(
+        m.body
+            .contains(r#"lb_requests_total{class="2xx",replica="echo"} 5"#),
+        "{}",
+        m.body
+    );
+    assert!(m.body.contains("lb_request_duration_seconds_count 5"));
+    assert!(m.body.contains(r#"lb_replicas{state="healthy"} 1"#));
+    assert!(m.body.contains("lb_in_flight_requests 0"));
+    assert!(m.body.contains("lb_ring_changes_total"));
+}

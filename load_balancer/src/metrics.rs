@@ -1,0 +1,177 @@
+//! Prometheus metrics: what `/metrics` exposes.
+//!
+//! Counters touched per request are resolved once per backend (see
+//! [`ReplicaCounters`]), so the request path does atomic adds and no label lookups.
+//! Gauges that can be derived from a snapshot are computed when scraped instead.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::snapshot::{ReplicaState, Snapshot};
+
+/// Every metric of the balancer, in its own registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    /// Time from receiving a request to having the replica's response headers.
+    pub latency: Histogram,
+    /// Requests sent again to the next candidate after a replica failed.
+    pub retries: IntCounter,
+    /// Replicas taken out of routing by passive health.
+    pub ejections: IntCounter,
+    /// Replicas replaced after dying.
+    pub respawns: IntCounter,
+    /// Times a new routing table was published.
+    pub ring_changes: IntCounter,
+    in_flight: IntGauge,
+    replicas: IntGaugeVec,
+}
+
+/// The status classes requests are counted by; `error` is a transport failure.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// One replica's request counters, resolved once when it joins routing.
+#[derive(Debug, Clone)]
+pub struct ReplicaCounters([IntCounter; 6]);
+
+impl ReplicaCounters {
+    /// Counts a response with this status code.
+    pub fn response(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.0[class].inc();
+    }
+
+    /// Counts a request that got no response.
+    pub fn error(&self) {
+        self.0[5].inc();
+    }
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+impl Metrics {
+    /// A fresh set of metrics.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "lb_requests_total",
+                "Forwarded requests by replica and status class",
+            ),
+            &["replica", "class"],
+        )
+        .expect("valid");
+        let latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "lb_request_duration_seconds",
+                "Time to the replica's response headers",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+        )
+        .expect("valid");
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid");
+        Metrics {
+            requests: register(&r, requests),
+            latency: register(&r, latency),
+            retries: register(
+                &r,
+                counter("lb_retries_total", "Requests moved to the next candidate"),
+            ),
+            ejections: register(
+                &r,
+                counter("lb_ejections_total", "Replicas ejected by passive health"),
+            ),
+            respawns: register(
+                &r,
+                counter("lb_respawns_total", "Replicas replaced after dying"),
+            ),
+            ring_changes: register(
+                &r,
+                counter("lb_ring_changes_total", "Routing tables published"),
+            ),
+            in_flight: register(
+                &r,
+                IntGauge::new("lb_in_flight_requests", "Requests being forwarded").expect("valid"),
+            ),
+            replicas: register(
+                &r,
+                IntGaugeVec::new(Opts::new("lb_replicas", "Replicas by state"), &["state"])
+                    .expect("valid"),
+            ),
+            registry: r,
+        }
+    }
+
+    /// The request counters of one replica.
+    pub fn replica(&self, hostname: &str) -> ReplicaCounters {
+        ReplicaCounters(CLASSES.map(|c| self.requests.with_label_values(&[hostname, c])))
+    }
+
+    /// The text exposition, with the gauges read from `snap`.
+    pub fn render(&self, snap: &Snapshot) -> String {
+        let in_flight: usize = snap
+            .replicas
+            .iter()
+            .filter_map(|r| snap.routing.backend(r.id))
+            .map(|b| b.in_flight.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        self.in_flight.set(in_flight as i64);
+        for (state, name) in [
+            (ReplicaState::Starting, "starting"),
+            (ReplicaState::Healthy, "healthy"),
+            (ReplicaState::Down, "down"),
+        ] {
+            let n = snap.replicas.iter().filter(|r| r.state == state).count();
+            self.replicas.with_label_values(&[name]).set(n as i64);
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding does not fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_are_counted_by_replica_and_class() {
+        let m = Metrics::new();
+        let c = m.replica("Server1");
+        c.response(200);
+        c.response(204);
+        c.response(503);
+        c.error();
+        let text = m.render(&crate::supervisor::Supervisor::empty_snapshot(
+            &crate::ring::Ring::new(
+                crate::ring::Geometry::DEFAULT,
+                std::sync::Arc::new(crate::scheme::Quadratic),
+            ),
+        ));
+        assert!(
+            text.contains(r#"lb_requests_total{class="2xx",replica="Server1"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"lb_requests_total{class="5xx",replica="Server1"} 1"#));
+        assert!(text.contains(r#"lb_requests_total{class="error",replica="Server1"} 1"#));
+        assert!(text.contains("lb_in_flight_requests 0"));
+        assert!(text.contains(r#"lb_replicas{state="healthy"} 0"#));
+    }
+}
