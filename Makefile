@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: all build images run run-process stop logs test lint unit e2e clean
+.PHONY: all build images run run-process stop logs test lint unit e2e analysis bench clean
 
 all: build
 
@@ -44,6 +44,15 @@ unit:
 e2e: images
 	$(CARGO) build --workspace --bins
 	$(CARGO) test -p e2e --tests
+
+## analysis: experiments A-1 to A-4 against a real deployment (RUNTIME=process without Docker)
+analysis:
+	bash scripts/analysis.sh
+
+## bench: this balancer vs nginx vs HAProxy on the same backends, then ring micro-benchmarks
+bench:
+	bash scripts/bench.sh
+	$(CARGO) bench -p load_balancer --bench ring
 
 clean:
 	$(CARGO) clean

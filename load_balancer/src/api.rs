@@ -9,7 +9,6 @@ use subtle::ConstantTimeEq;
 use crate::admin::{self, Op, MAX_BODY};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::supervisor::SupervisorHandle;
 
@@ -17,7 +16,6 @@ use crate::supervisor::SupervisorHandle;
 pub struct AppState {
     pub snapshot: SharedSnapshot,
     pub supervisor: SupervisorHandle,
-    pub proxy: Proxy,
     pub metrics: std::sync::Arc<Metrics>,
     /// When set, `/add` and `/rm` need `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
@@ -27,14 +25,28 @@ pub struct AppState {
     pub hash_key: String,
 }
 
-/// Registers every route on an actix `App`.
+/// The balancer's own endpoints; every other method and path goes to a replica.
+pub const ADMIN_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/rep"),
+    ("GET", "/status"),
+    ("GET", "/metrics"),
+    ("POST", "/add"),
+    ("DELETE", "/rm"),
+];
+
+/// Whether a request is for the balancer itself rather than a replica.
+pub fn is_admin(method: &str, path: &str) -> bool {
+    ADMIN_ROUTES.iter().any(|(m, p)| *m == method && *p == path)
+}
+
+/// Registers every route of [`ADMIN_ROUTES`] on an actix `App`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/rep", web::get().to(rep))
         .route("/status", web::get().to(status))
         .route("/metrics", web::get().to(metrics))
         .route("/add", web::post().to(add))
         .route("/rm", web::delete().to(remove))
-        .default_service(web::to(forward));
+        .default_service(web::to(not_admin));
 }
 
 fn successful(message: serde_json::Value) -> HttpResponse {
@@ -90,12 +102,10 @@ async fn remove(
     Ok(rep_body(&state.snapshot.load()))
 }
 
-async fn forward(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    state.proxy.forward(req, payload).await
+/// Only reached by a request sent to the API's own address, which the data plane
+/// never does for other paths.
+async fn not_admin(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::UnknownEndpoint(req.path().to_string()))
 }
 
 fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {

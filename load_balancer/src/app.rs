@@ -10,15 +10,16 @@ use tokio::sync::mpsc;
 
 use crate::api::{self, AppState};
 use crate::config::{Config, RuntimeKind};
+use crate::dataplane::{DataPlane, ForwardConfig};
 use crate::health::{self, HeartbeatConfig, Prober};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, ProxyConfig};
 use crate::ring::{Geometry, Ring};
-use crate::runtime::docker::{DockerRuntime, DockerSettings};
+use crate::runtime::docker::{DockerRuntime, DockerSettings, ReplicaLimits};
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::static_set::StaticRuntime;
 use crate::runtime::{EventSender, Runtime};
 use crate::scheme;
+use crate::scheme::bounded::Bound;
 use crate::supervisor::{Supervisor, SupervisorConfig};
 
 /// Why the balancer could not start.
@@ -66,6 +67,11 @@ async fn build_runtime(
                 instance: config.instance.clone(),
                 addressing: config.docker_addressing,
                 cleanup_on_exit: config.cleanup_on_exit,
+                limits: ReplicaLimits {
+                    memory_bytes: i64::from(config.replica_memory_mb) * 1024 * 1024,
+                    cpus: config.replica_cpus,
+                    pids: i64::from(config.replica_pids),
+                },
             };
             Arc::new(
                 DockerRuntime::connect(settings, events)
@@ -90,7 +96,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         slots: config.slots as usize,
         virtual_nodes: config.virtual_nodes as usize,
     };
-    let ring = Ring::new(geometry, scheme.clone());
+    let bound = config.balance_factor.and_then(Bound::new);
+    let ring = Ring::new(geometry, scheme.clone()).with_bound(bound);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let runtime = build_runtime(&config, events_tx).await?;
     let replicas = match config.runtime {
@@ -143,48 +150,88 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let state = web::Data::new(AppState {
         snapshot: snapshot.clone(),
         supervisor: handle.clone(),
-        proxy: Proxy::new(
-            ProxyConfig {
-                hash_key: config.hash_key.clone(),
-                connect_timeout: config.connect_timeout,
-                response_timeout: config.response_timeout,
-            },
-            snapshot,
-            metrics.clone(),
-        ),
-        metrics,
+        metrics: metrics.clone(),
         admin_token: config.admin_token.clone(),
         runtime: runtime.name(),
         hash: scheme.name(),
         hash_key: config.hash_key.to_string(),
     });
+    // The admin API listens on loopback only; clients reach it through the data
+    // plane, which relays the admin routes to it.
+    let api_server =
+        HttpServer::new(move || App::new().app_data(state.clone()).configure(api::routes))
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(10)
+            .bind(("127.0.0.1", 0))?;
+    let api_address = api_server
+        .addrs()
+        .first()
+        .map(ToString::to_string)
+        .ok_or_else(|| std::io::Error::other("the admin API has no address"))?;
+    let api_server = api_server.run();
+    let api_handle = api_server.handle();
+    let api_task = actix_web::rt::spawn(api_server);
+
     let workers = config
         .workers
         .map(|w| w as usize)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(api::routes))
-        .workers(workers)
-        .shutdown_timeout(10)
-        .bind(config.listen)
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    for addr in server.addrs() {
-        // Tests and scripts read this line to learn the port when given port 0.
-        println!("listening on http://{addr}");
-    }
+    let dataplane = DataPlane::start(
+        config.listen,
+        workers,
+        ForwardConfig {
+            hash_key: config.hash_key.clone(),
+            connect_timeout: config.connect_timeout,
+            response_timeout: config.response_timeout,
+            idle_timeout: config.idle_timeout,
+            header_timeout: config.header_timeout,
+            max_header_bytes: config.max_header_bytes as usize,
+            max_connections: config.max_connections as usize,
+            api_address,
+        },
+        snapshot,
+        metrics,
+        config.drain_timeout,
+    )
+    .map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    // Tests and scripts read this line to learn the port when given port 0.
+    println!("listening on http://{}", dataplane.local_addr());
     std::io::stdout().flush()?;
     log::info!(
-        "{} runtime, {replicas} replicas, hash {}, key {}",
+        "listening on {} with {workers} workers; {} runtime, {replicas} replicas, hash {}, key {}",
+        dataplane.local_addr(),
         runtime.name(),
         scheme.name(),
         config.hash_key
     );
-    server.run().await?;
-    log::info!("stopped serving; shutting down");
+
+    wait_for_signal().await;
+    log::info!("stopping: draining requests in flight");
+    dataplane.stop().await;
+    api_handle.stop(true).await;
+    let _ = api_task.await;
     heartbeat.abort();
     handle.shutdown().await;
     let _ = supervisor_task.await;
     Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("cannot listen for signals; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

@@ -68,6 +68,18 @@ pub struct Config {
     #[arg(long, env = "LB_INSTANCE", default_value = "load_balancer")]
     pub instance: String,
 
+    /// `docker` runtime: memory limit of each replica, in MiB.
+    #[arg(long, env = "LB_REPLICA_MEMORY_MB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..=65536))]
+    pub replica_memory_mb: u32,
+
+    /// `docker` runtime: CPU limit of each replica, in cores.
+    #[arg(long, env = "LB_REPLICA_CPUS", default_value_t = 1.0, value_parser = parse_cpus)]
+    pub replica_cpus: f64,
+
+    /// `docker` runtime: most processes and threads in each replica.
+    #[arg(long, env = "LB_REPLICA_PIDS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..=65536))]
+    pub replica_pids: u32,
+
     /// `docker` runtime: how replicas are reached.
     #[arg(long, env = "LB_DOCKER_ADDRESSING", value_enum, default_value = "auto")]
     pub docker_addressing: DockerAddressing,
@@ -84,6 +96,12 @@ pub struct Config {
     /// Ring hash scheme.
     #[arg(long, env = "LB_HASH", default_value = "quadratic")]
     pub hash: String,
+
+    /// Bounded loads on top of the hash scheme: a replica whose in-flight requests
+    /// would pass C times the average is skipped for the next candidate (C >= 1,
+    /// e.g. 1.25). Off when unset.
+    #[arg(long, env = "LB_BALANCE_FACTOR", value_parser = parse_balance_factor)]
+    pub balance_factor: Option<f64>,
 
     /// Where a request's id comes from: random, header:NAME, query:NAME,
     /// cookie:NAME, path or client-ip.
@@ -126,6 +144,22 @@ pub struct Config {
     #[arg(long, env = "LB_RESPONSE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub response_timeout: Duration,
 
+    /// How long an idle keep-alive client connection stays open.
+    #[arg(long, env = "LB_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How long a client may take to send a whole request head.
+    #[arg(long, env = "LB_HEADER_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// The largest request head accepted; larger ones get `431`.
+    #[arg(long, env = "LB_MAX_HEADER_BYTES", default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(1024..=65536))]
+    pub max_header_bytes: u32,
+
+    /// The most client connections open at once; more wait in the listen backlog.
+    #[arg(long, env = "LB_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
     /// Request-serving threads [default: the number of cores].
     #[arg(long, env = "LB_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
@@ -133,6 +167,22 @@ pub struct Config {
     /// When set, `/add` and `/rm` need `Authorization: Bearer TOKEN`.
     #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+}
+
+fn parse_balance_factor(s: &str) -> Result<f64, String> {
+    let c: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    crate::scheme::bounded::Bound::new(c)
+        .map(|b| b.factor())
+        .ok_or_else(|| "the balance factor must be a number >= 1".into())
+}
+
+fn parse_cpus(s: &str) -> Result<f64, String> {
+    let c: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.01..=1024.0).contains(&c) {
+        Ok(c)
+    } else {
+        Err("CPUs must be between 0.01 and 1024".into())
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +225,19 @@ mod tests {
         assert_eq!(c.backends, vec!["127.0.0.1:1", "b=127.0.0.1:2"]);
         assert_eq!(c.hash_key, HashKey::Query("id".into()));
         assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn a_balance_factor_below_one_is_refused_and_none_is_off() {
+        let c = Config::try_parse_from(["load_balancer", "--balance-factor", "1.25"]).unwrap();
+        assert_eq!(c.balance_factor, Some(1.25));
+        assert_eq!(
+            Config::try_parse_from(["load_balancer"])
+                .unwrap()
+                .balance_factor,
+            None
+        );
+        assert!(Config::try_parse_from(["load_balancer", "--balance-factor", "0.5"]).is_err());
     }
 
     #[test]

@@ -41,6 +41,21 @@ impl ApiError {
     pub fn bad(message: impl Into<String>) -> Self {
         ApiError::BadRequest(message.into())
     }
+
+    /// The HTTP status code.
+    pub fn status(&self) -> u16 {
+        self.status_code().as_u16()
+    }
+
+    /// The status line's reason phrase.
+    pub fn reason(&self) -> &'static str {
+        self.status_code().canonical_reason().unwrap_or("Error")
+    }
+
+    /// The JSON body every error is answered with.
+    pub fn body(&self) -> String {
+        json!({"message": format!("<Error> {self}"), "status": "failure"}).to_string()
+    }
 }
 
 impl ResponseError for ApiError {
@@ -62,6 +77,6 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             res.insert_header(("WWW-Authenticate", "Bearer"));
         }
-        res.json(json!({"message": format!("<Error> {self}"), "status": "failure"}))
+        res.content_type("application/json").body(self.body())
     }
 }

@@ -10,7 +10,9 @@
 
 use std::sync::Arc;
 
-use crate::scheme::HashScheme;
+use crate::scheme::bounded::Bound;
+use crate::scheme::{HashScheme, SelectorKind};
+pub use crate::table::{Candidates, Table};
 
 /// A replica's numeric id on the ring (`i >= 1`).
 pub type ServerId = u32;
@@ -60,6 +62,7 @@ pub struct Ring {
     scheme: Arc<dyn HashScheme>,
     slots: Vec<Option<ServerId>>,
     servers: usize,
+    bound: Option<Bound>,
 }
 
 impl Ring {
@@ -75,7 +78,15 @@ impl Ring {
             scheme,
             slots: vec![None; geometry.slots],
             servers: 0,
+            bound: None,
         }
+    }
+
+    /// The same ring, whose tables apply bounded loads (`Some`) or not. Kept on the
+    /// ring so that the supervisor, which only calls [`Ring::table`], need not know.
+    pub fn with_bound(mut self, bound: Option<Bound>) -> Self {
+        self.bound = bound;
+        self
     }
 
     /// The ring's geometry.
@@ -151,118 +162,25 @@ impl Ring {
         found
     }
 
-    /// A lookup table over the servers for which `routable` is true.
+    /// A lookup table over the servers for which `routable` is true, of the kind the
+    /// scheme asks for.
     pub fn table(&self, routable: impl Fn(ServerId) -> bool) -> Table {
-        let mut table = Table {
-            scheme: self.scheme.clone(),
-            slots: self.geometry.slots,
-            first: vec![0; self.geometry.slots],
-            entries: Vec::new(),
+        let occupied = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, owner)| owner.filter(|id| routable(*id)).map(|id| (slot, id)));
+        let (scheme, m) = (self.scheme.clone(), self.geometry.slots);
+        let table = match self.scheme.selector() {
+            SelectorKind::Ring => Table::ring(scheme, m, occupied),
+            SelectorKind::Maglev => {
+                Table::maglev(scheme, m, &occupied.map(|(_, id)| id).collect::<Vec<_>>())
+            }
+            SelectorKind::Rendezvous => {
+                Table::rendezvous(scheme, m, &occupied.map(|(_, id)| id).collect::<Vec<_>>())
+            }
         };
-        let mut positions = Vec::new();
-        for (slot, owner) in self.slots.iter().enumerate() {
-            if let Some(id) = owner.filter(|id| routable(*id)) {
-                positions.push(slot);
-                table.entries.push(id);
-            }
-        }
-        if positions.is_empty() {
-            return table;
-        }
-        // Walk the slots backwards so each slot learns the first occupied entry at or
-        // after it; slots past the last entry wrap to entry 0.
-        let mut idx = positions.len();
-        for slot in (0..self.geometry.slots).rev() {
-            if idx > 0 && positions[idx - 1] >= slot {
-                idx -= 1;
-            }
-            table.first[slot] = if idx == positions.len() {
-                0
-            } else {
-                idx as u32
-            };
-        }
-        table
-    }
-}
-
-/// An immutable routing table: for every slot, the clockwise order of distinct servers.
-#[derive(Debug, Clone)]
-pub struct Table {
-    scheme: Arc<dyn HashScheme>,
-    slots: usize,
-    /// Slot -> index in `entries` of the first occupied slot at or after it.
-    first: Vec<u32>,
-    /// The owners of the occupied slots, in slot order.
-    entries: Vec<ServerId>,
-}
-
-impl Table {
-    /// Whether no server can take traffic.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The slot a request id hashes to.
-    pub fn slot_of(&self, request_id: u64) -> usize {
-        self.scheme.request_slot(request_id, self.slots)
-    }
-
-    /// The servers for `request_id`, best first: the owner of the first occupied slot
-    /// at or after its hash, then each next distinct owner clockwise.
-    pub fn candidates(&self, request_id: u64) -> Candidates<'_> {
-        self.candidates_from_slot(self.slot_of(request_id))
-    }
-
-    /// The first candidate alone, in O(1).
-    pub fn owner(&self, request_id: u64) -> Option<ServerId> {
-        self.candidates(request_id).next()
-    }
-
-    /// Candidates starting from a slot rather than a request id.
-    pub fn candidates_from_slot(&self, slot: usize) -> Candidates<'_> {
-        let start = if self.entries.is_empty() {
-            0
-        } else {
-            self.first[slot % self.slots] as usize
-        };
-        Candidates {
-            entries: &self.entries,
-            start,
-            walked: 0,
-        }
-    }
-}
-
-/// Distinct servers clockwise from a slot; see [`Table::candidates`].
-#[derive(Debug, Clone)]
-pub struct Candidates<'a> {
-    entries: &'a [ServerId],
-    start: usize,
-    walked: usize,
-}
-
-impl Candidates<'_> {
-    fn at(&self, offset: usize) -> ServerId {
-        self.entries[(self.start + offset) % self.entries.len()]
-    }
-}
-
-impl Iterator for Candidates<'_> {
-    type Item = ServerId;
-
-    fn next(&mut self) -> Option<ServerId> {
-        // The first candidate costs one index; later ones check only the entries
-        // already walked, so a request that never fails over allocates nothing.
-        while self.walked < self.entries.len() {
-            let id = self.at(self.walked);
-            let seen = (0..self.walked).any(|o| self.at(o) == id);
-            self.walked += 1;
-            if !seen {
-                return Some(id);
-            }
-        }
-        None
+        table.with_bound(self.bound)
     }
 }
 

@@ -46,6 +46,14 @@ impl Backend {
         }
     }
 
+    /// Forgets earlier failures after a success (a load first: the common case
+    /// writes nothing, so the cache line stays shared between workers).
+    pub fn clear_failures(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Counts a forwarding failure; true when this one ejects the backend.
     pub fn record_failure(&self) -> bool {
         self.failures.fetch_add(1, Ordering::Relaxed) + 1 == EJECT_AFTER_FAILURES
@@ -57,17 +65,17 @@ impl Backend {
     }
 
     /// Counts a request in flight until the guard is dropped.
-    pub fn track(self: &Arc<Self>) -> InFlight {
+    pub fn track(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+        InFlight(self)
     }
 }
 
 /// Decrements a backend's in-flight count when dropped.
 #[derive(Debug)]
-pub struct InFlight(Arc<Backend>);
+pub struct InFlight<'a>(&'a Backend);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
@@ -130,14 +138,35 @@ impl Routing {
     }
 
     /// The backends to try for `request_id`, best first. Ejected backends come last
-    /// rather than never: when all are ejected, trying one beats refusing.
+    /// rather than never: when all are ejected, trying one beats refusing. With
+    /// bounded loads, a backend whose in-flight count would pass the bound comes
+    /// after those within it, for the same reason.
     pub fn candidates(&self, request_id: u64) -> impl Iterator<Item = &Arc<Backend>> + '_ {
         let all = self
             .table
             .candidates(request_id)
             .filter_map(|id| self.backend(id));
-        let live = all.clone().filter(|b| !b.ejected());
-        live.chain(all.filter(|b| b.ejected()))
+        // The sum is O(N) and only paid when bounded loads are on.
+        let cap = self
+            .table
+            .bound()
+            .map(|b| b.cap(self.in_flight(), self.table.servers()));
+        let within = move |b: &&Arc<Backend>| {
+            !b.ejected() && cap.is_none_or(|c| b.in_flight.load(Ordering::Relaxed) < c)
+        };
+        let over = move |b: &&Arc<Backend>| !b.ejected() && !within(b);
+        let live = all.clone().filter(within);
+        live.chain(all.clone().filter(over))
+            .chain(all.filter(|b| b.ejected()))
+    }
+
+    /// Requests in flight over every routable backend: the `total` of bounded loads.
+    pub fn in_flight(&self) -> usize {
+        self.backends
+            .iter()
+            .flatten()
+            .map(|b| b.in_flight.load(Ordering::Relaxed))
+            .sum()
     }
 }
 

@@ -62,6 +62,9 @@ async fn main() -> std::io::Result<()> {
             .default_service(web::to(not_found))
     })
     .workers(args.workers.max(1))
+    // Longer than the balancer's pool keeps idle connections, so the server is
+    // not the one to close a connection the balancer is about to reuse.
+    .keep_alive(std::time::Duration::from_secs(75))
     .shutdown_timeout(10)
     .bind(args.listen)?;
     for addr in server.addrs() {

@@ -252,3 +252,38 @@ fn cleanup_on_exit_leaves_no_container_behind() {
     let left = inst.containers();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn replicas_run_unprivileged_read_only_and_limited() {
+    let Some(inst) = Instance::new("harden") else {
+        return;
+    };
+    let lb = inst.balancer(&[
+        "--replicas",
+        "1",
+        "--replica-memory-mb",
+        "48",
+        "--replica-cpus",
+        "0.5",
+        "--replica-pids",
+        "32",
+    ]);
+    wait_healthy(&lb, 1, BOOT);
+    let id = healthy_handle(&lb, "Server1").expect("a healthy replica");
+    let format = "{{.Config.User}}|{{.HostConfig.ReadonlyRootfs}}|{{.HostConfig.CapDrop}}|\
+                  {{.HostConfig.SecurityOpt}}|{{.HostConfig.Privileged}}|{{.HostConfig.Memory}}|\
+                  {{.HostConfig.NanoCpus}}|{{.HostConfig.PidsLimit}}|{{.HostConfig.RestartPolicy.Name}}";
+    let got = docker(&["inspect", "-f", format, &id]);
+    assert_eq!(
+        got.trim(),
+        format!(
+            "65534:65534|true|[ALL]|[no-new-privileges]|false|{}|500000000|32|no",
+            48 * 1024 * 1024
+        )
+    );
+    assert_eq!(
+        lb.get("/home").status,
+        200,
+        "a hardened replica still serves"
+    );
+}

@@ -91,10 +91,21 @@ fn serve(stream: TcpStream, delay: Duration, counter: &AtomicUsize) {
                     .then(|| v.trim().parse::<usize>().ok())?
             })
             .unwrap_or(0);
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        let body = if chunked {
+            match read_chunked(&mut reader) {
+                Some(b) => b,
+                None => return,
+            }
+        } else {
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            body
+        };
         if path != "/heartbeat" {
             counter.fetch_add(1, Ordering::SeqCst);
         }
@@ -114,6 +125,104 @@ fn serve(stream: TcpStream, delay: Duration, counter: &AtomicUsize) {
             return;
         }
     }
+}
+
+/// Decodes a chunked body (trailers ignored).
+fn read_chunked(reader: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let size = usize::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
+        if size == 0 {
+            loop {
+                let mut trailer = String::new();
+                reader.read_line(&mut trailer).ok()?;
+                if trailer == "\r\n" {
+                    return Some(body);
+                }
+            }
+        }
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk).ok()?;
+        body.extend_from_slice(&chunk[..size]);
+    }
+}
+
+/// Sends raw bytes to the balancer and reads until it closes or `until` is seen.
+fn raw_exchange(lb: &Service, request: &[u8], until: Option<&str>) -> String {
+    let mut s = TcpStream::connect(lb.base.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&got);
+        if until.is_some_and(|u| text.matches(u).count() >= 2) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn a_chunked_body_and_a_pipelined_request_both_arrive_intact() {
+    let echo = TestBackend::start(Duration::ZERO);
+    let lb = balancer(&[format!("echo={}", echo.addr)], &[]);
+    let reply = raw_exchange(
+        &lb,
+        b"POST /first HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nGET /second HTTP/1.1\r\nHost: t\r\n\r\n",
+        Some("HTTP/1.1 200"),
+    );
+    let first = reply.find("POST /first").expect("first request relayed");
+    let second = reply.find("GET /second").expect("second request relayed");
+    assert!(first < second, "{reply}");
+    // The first body arrives whole and dechunked by the echo, right before the
+    // second response.
+    assert!(
+        reply[first..second].contains("\r\n\r\nhello worldHTTP/1.1 200 OK"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn an_http10_client_gets_its_answer_and_a_closed_connection() {
+    let a = server("alpha");
+    let lb = balancer(&[format!("A={}", addr(&a))], &[]);
+    let reply = raw_exchange(&lb, b"GET /home HTTP/1.0\r\n\r\n", None);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("x-served-by: a\r\n"),
+        "{reply}"
+    );
+    assert!(
+        reply.ends_with(r#"{"message":"Hello from Server: alpha","status":"successful"}"#),
+        "{reply}"
+    );
+}
+
+#[test]
+fn a_malformed_or_smuggling_request_is_refused_with_a_json_400() {
+    let echo = TestBackend::start(Duration::ZERO);
+    let lb = balancer(&[format!("echo={}", echo.addr)], &[]);
+    for raw in [
+        &b"NOT HTTP AT ALL\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    ] {
+        let reply = raw_exchange(&lb, raw, None);
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+        assert!(reply.contains(r#""status":"failure""#), "{reply}");
+    }
+    assert_eq!(
+        echo.requests.load(Ordering::SeqCst),
+        0,
+        "a refused request reached the backend"
+    );
 }
 
 #[test]
@@ -258,4 +367,27 @@ fn metrics_count_forwarded_requests_by_replica_and_class() {
     assert!(m.body.contains(r#"lb_replicas{state="healthy"} 1"#));
     assert!(m.body.contains("lb_in_flight_requests 0"));
     assert!(m.body.contains("lb_ring_changes_total"));
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish_then_exits_cleanly() {
+    let slow = TestBackend::start(Duration::from_millis(1500));
+    let mut lb = balancer(&[format!("slow={}", slow.addr)], &[]);
+    let base = lb.base.clone();
+    let client =
+        std::thread::spawn(move || e2e::request("GET", &format!("{base}/slow"), &[], None));
+    poll(
+        "the slow request to reach the backend",
+        Duration::from_secs(10),
+        || (slow.requests.load(Ordering::SeqCst) == 1).then_some(()),
+    );
+    let status = lb
+        .stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(20))
+        .expect("the balancer exited");
+    assert!(status.success(), "{status:?}");
+    let reply = client
+        .join()
+        .unwrap()
+        .expect("an answer, not a cut connection");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "slow done"));
 }

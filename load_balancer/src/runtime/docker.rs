@@ -38,9 +38,8 @@ pub const LABEL_HOSTNAME: &str = "lb.hostname";
 pub const DEFAULT_INSTANCE: &str = "load_balancer";
 /// The port the server listens on inside its container.
 const SERVER_PORT: u16 = 5000;
-/// Enough for the server, small enough that a runaway replica cannot hurt the host.
-const MEMORY_LIMIT: i64 = 64 * 1024 * 1024;
-const PIDS_LIMIT: i64 = 64;
+/// The unprivileged user replicas run as (`nobody`): the server needs no rights.
+const REPLICA_USER: &str = "65534:65534";
 /// How long `shutdown --cleanup-on-exit` lets replicas finish in-flight requests.
 const CLEANUP_GRACE: Duration = Duration::from_secs(5);
 const MAX_EVENT_BACKOFF: Duration = Duration::from_secs(5);
@@ -58,6 +57,17 @@ pub struct DockerSettings {
     pub addressing: DockerAddressing,
     /// Whether `shutdown` removes every container of the instance.
     pub cleanup_on_exit: bool,
+    /// Resource limits of each replica container.
+    pub limits: ReplicaLimits,
+}
+
+/// What one replica container may use, so a runaway replica cannot hurt the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplicaLimits {
+    pub memory_bytes: i64,
+    /// CPU time in cores (0.5 = half a core).
+    pub cpus: f64,
+    pub pids: i64,
 }
 
 /// How replicas are reached, once `auto` is resolved.
@@ -241,10 +251,16 @@ impl DockerRuntime {
             ]),
             labels: Some(labels),
             exposed_ports: Some(vec![port]),
+            user: Some(REPLICA_USER.into()),
             host_config: Some(HostConfig {
-                memory: Some(MEMORY_LIMIT),
-                pids_limit: Some(PIDS_LIMIT),
+                memory: Some(self.settings.limits.memory_bytes),
+                nano_cpus: Some((self.settings.limits.cpus * 1e9) as i64),
+                pids_limit: Some(self.settings.limits.pids),
                 privileged: Some(false),
+                // The server writes nothing and needs no capability: take all away.
+                readonly_rootfs: Some(true),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
                 // The supervisor replaces dead replicas itself; an engine restart
                 // would fight it and reuse a container id it already gave up on.
                 restart_policy: Some(RestartPolicy {

@@ -1,27 +1,12 @@
-//! Hash schemes: where a server's virtual nodes and a request's id land on the ring.
-//!
-//! The ring only asks a scheme for slot numbers, so a new scheme is one more
-//! implementation of [`HashScheme`] plus a name in [`by_name`]; the ring is untouched.
+//! The design's scheme: `Φ(i, j) = i² + j² + 2j + 25` and `H(r) = r² + 2r + 17`, mod M.
 
-use std::sync::Arc;
+use super::HashScheme;
 
-/// Places virtual nodes and request ids on a ring of `m` slots.
+/// The design's quadratic hashes. Each term is reduced mod M before it is squared, so
+/// no input overflows `u64` (M is at most `u32::MAX`, whose square fits).
 ///
-/// Implementations must be pure and deterministic: the same arguments always give
-/// the same slot, on every machine and every run, or keys would lose their affinity.
-pub trait HashScheme: Send + Sync + std::fmt::Debug {
-    /// The name used on the command line (`--hash`) and in `/status`.
-    fn name(&self) -> &'static str;
-    /// The slot of virtual node `j` of server `server_id`, in `0..m`.
-    fn virtual_node_slot(&self, server_id: u32, j: u32, m: usize) -> usize;
-    /// The slot of request id `request_id`, in `0..m`.
-    fn request_slot(&self, request_id: u64, m: usize) -> usize;
-}
-
-/// The design's scheme: `Φ(i, j) = i² + j² + 2j + 25` and `H(r) = r² + 2r + 17`, mod M.
-///
-/// Each term is reduced mod M before it is squared, so no input overflows `u64`
-/// (M is at most `u32::MAX`, whose square fits).
+/// Its weakness, which the analysis measures: `H` depends on `r mod M` only and the
+/// server slots of small ids crowd the start of the ring, so load is far from even.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Quadratic;
 
@@ -41,17 +26,6 @@ impl HashScheme for Quadratic {
         let m = m as u64;
         let r = request_id % m;
         ((r * r % m + 2 * r % m + 17 % m) % m) as usize
-    }
-}
-
-/// The names of every scheme [`by_name`] knows, for help texts and errors.
-pub const NAMES: &[&str] = &["quadratic"];
-
-/// Looks a scheme up by its `--hash` name.
-pub fn by_name(name: &str) -> Option<Arc<dyn HashScheme>> {
-    match name {
-        "quadratic" => Some(Arc::new(Quadratic)),
-        _ => None,
     }
 }
 
@@ -92,13 +66,5 @@ mod tests {
             assert!(q.request_slot(u64::MAX, m) < m);
             assert!(q.virtual_node_slot(u32::MAX, u32::MAX, m) < m);
         }
-    }
-
-    #[test]
-    fn every_listed_name_resolves_to_its_scheme() {
-        for name in NAMES {
-            assert_eq!(by_name(name).map(|s| s.name()), Some(*name));
-        }
-        assert!(by_name("md5").is_none());
     }
 }

@@ -1,0 +1,130 @@
+//! `analysis`: runs experiments A-1 to A-4 against real deployments, adds ring-only
+//! simulations, and writes `results.json`, `charts/*.png` and `report.md`.
+//! `make analysis` runs it; `--report-only` redraws charts and report from an
+//! existing `results.json`.
+
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use analysis::deploy::{Runtime, Spec};
+use analysis::experiments::{self, Load};
+use analysis::results::{Meta, Results, Simulation};
+use analysis::{charts, report, sim};
+use clap::Parser;
+
+/// Experiments A-1 to A-4, their charts and report.
+#[derive(Debug, Parser)]
+#[command(name = "analysis")]
+struct Args {
+    /// Who runs the replicas: docker or process.
+    #[arg(long, env = "RUNTIME", default_value = "docker")]
+    runtime: String,
+    /// Directory of `results.json`, `charts/` and `report.md`.
+    #[arg(long, default_value = "analysis")]
+    out: PathBuf,
+    /// Directory of the `load_balancer` and `server` binaries.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Requests per run.
+    #[arg(long, default_value_t = 10_000)]
+    requests: u64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Only redraw charts and report from the existing results.json.
+    #[arg(long)]
+    report_only: bool,
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("analysis: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let labels: Vec<String> = sim::configs().iter().map(|c| c.label()).collect();
+    let results_path = args.out.join("results.json");
+    charts::register_font()?;
+    let res = if args.report_only {
+        let text = std::fs::read_to_string(&results_path)
+            .map_err(|e| format!("{}: {e}", results_path.display()))?;
+        serde_json::from_str(&text).map_err(|e| e.to_string())?
+    } else {
+        let res = measure(&args)?;
+        let json = serde_json::to_string_pretty(&res).map_err(|e| e.to_string())?;
+        std::fs::write(&results_path, json + "\n").map_err(|e| e.to_string())?;
+        res
+    };
+    charts::all(&args.out.join("charts"), &res, &labels)?;
+    std::fs::write(args.out.join("report.md"), report::markdown(&res, &labels))
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "wrote {}, {}/charts/*.png and {}/report.md",
+        results_path.display(),
+        args.out.display(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn measure(args: &Args) -> Result<Results, String> {
+    let started = Instant::now();
+    let runtime = match args.runtime.as_str() {
+        "docker" => Runtime::Docker,
+        "process" => Runtime::Process,
+        other => return Err(format!("unknown runtime '{other}': docker or process")),
+    };
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let base = Spec {
+        bin_dir: args.bin_dir.clone(),
+        runtime,
+        scheme: "quadratic".into(),
+        balance_factor: None,
+        replicas: 3,
+        tag: format!("{}", std::process::id()),
+        log_dir: PathBuf::from("target/analysis-logs"),
+    };
+    let load = Load {
+        requests: args.requests,
+        concurrency: args.concurrency,
+    };
+    let mut experiments = Vec::new();
+    for config in sim::configs() {
+        eprintln!(
+            "{}: N = 2..6, {} requests each",
+            config.label(),
+            load.requests
+        );
+        experiments.extend(experiments::sweep(&rt, &base, &config, &load)?);
+    }
+    eprintln!("A-3: endpoints, then kills under load");
+    let a3 = experiments::recovery(&rt, &base, 8, 20, &[(5.0, "Server1"), (12.0, "Server2")])?;
+    eprintln!("simulations (computed)");
+    let mut simulation = Simulation::default();
+    for config in sim::configs() {
+        for n in 2..=6 {
+            simulation
+                .balance
+                .push(sim::balance(&config, n, 10_000, 20));
+            simulation.movement.push(sim::movement(&config, n));
+        }
+    }
+    Ok(Results {
+        meta: Meta {
+            runtime: runtime.name().into(),
+            requests: load.requests,
+            concurrency: load.concurrency,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            started_unix: stamp,
+            wall_s: started.elapsed().as_secs_f64(),
+        },
+        experiments,
+        a3: Some(a3),
+        simulation,
+    })
+}

@@ -1,0 +1,10 @@
+//! The analysis of issue 5: a load generator, real deployments driven by it, ring-only
+//! simulations beside them, and the charts and report made from what was measured.
+
+pub mod charts;
+pub mod deploy;
+pub mod experiments;
+pub mod loadgen;
+pub mod report;
+pub mod results;
+pub mod sim;

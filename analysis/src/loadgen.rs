@@ -1,0 +1,349 @@
+//! The load generator: `concurrency` tasks send requests to one URL until a request
+//! count or a duration runs out, and record who served each one (`X-Served-By`), its
+//! status and its latency.
+//!
+//! Kept general on purpose: the analysis uses it through [`run`], the `loadgen`
+//! binary from the command line, and later work as a CPU-heavy client.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Uri;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// Where each request's hash key goes, so the balancer can be run with `--hash-key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyMode {
+    /// No key: the balancer picks (its `--hash-key random`).
+    None,
+    /// A random 6-digit id in this query parameter.
+    Query(String),
+    /// A random 6-digit id in this header.
+    Header(String),
+}
+
+impl std::str::FromStr for KeyMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "none" => Ok(KeyMode::None),
+            Some(("query", name)) if !name.is_empty() => Ok(KeyMode::Query(name.into())),
+            Some(("header", name)) if !name.is_empty() => Ok(KeyMode::Header(name.into())),
+            _ => Err(format!("'{s}': expected none, query:NAME or header:NAME")),
+        }
+    }
+}
+
+/// What to send, and how much.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Base URL, e.g. `http://127.0.0.1:5000`.
+    pub url: String,
+    /// Path appended to the URL, e.g. `/home`.
+    pub path: String,
+    /// Stop after this many requests (`None`: only the duration bounds the run).
+    pub requests: Option<u64>,
+    /// Stop after this long (`None`: only the request count bounds the run).
+    pub duration: Option<Duration>,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Where the hash key goes.
+    pub key: KeyMode,
+    /// Seed of the key generator, so a run's keys can be repeated.
+    pub seed: u64,
+    /// A request slower than this counts as an error.
+    pub timeout: Duration,
+    /// Draw a progress bar (only drawn on a terminal anyway).
+    pub progress: bool,
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// Successes and failures finished in one second of the run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Second {
+    pub ok: u64,
+    pub failed: u64,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// Requests finished, whatever their outcome.
+    pub requests: u64,
+    /// 2xx answers.
+    pub ok: u64,
+    /// Non-2xx answers, transport errors and timeouts.
+    pub errors: u64,
+    /// Answers by status code; transport errors and timeouts under `"error"`.
+    pub statuses: BTreeMap<String, u64>,
+    /// 2xx answers by the `X-Served-By` header (`"?"` when missing).
+    pub counts: BTreeMap<String, u64>,
+    pub elapsed_s: f64,
+    /// Finished requests per second.
+    pub throughput: f64,
+    pub latency_ms: Latency,
+    /// Per second of the run, from its start.
+    pub timeline: Vec<Second>,
+}
+
+/// Per-task tallies, merged at the end so tasks never share a lock.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u64>,
+    statuses: BTreeMap<String, u64>,
+    counts: BTreeMap<String, u64>,
+    timeline: Vec<Second>,
+}
+
+impl Tally {
+    fn second(&mut self, at: Duration) -> &mut Second {
+        let s = at.as_secs() as usize;
+        if self.timeline.len() <= s {
+            self.timeline.resize(s + 1, Second::default());
+        }
+        &mut self.timeline[s]
+    }
+}
+
+/// Runs the load described by `opts` and reports what it measured.
+pub async fn run(opts: &Options) -> Result<Report, String> {
+    if opts.requests.is_none() && opts.duration.is_none() {
+        return Err("give a request count, a duration, or both".into());
+    }
+    let base: Uri = opts
+        .url
+        .parse()
+        .map_err(|e| format!("bad URL {}: {e}", opts.url))?;
+    if base.scheme_str() != Some("http") {
+        return Err(format!("only http:// URLs are supported: {}", opts.url));
+    }
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(opts.concurrency)
+        .build(connector);
+    let bar = progress_bar(opts);
+    let issued = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = opts.duration.map(|d| start + d);
+    let mut tasks = Vec::new();
+    for task in 0..opts.concurrency.max(1) {
+        let (client, issued, bar) = (client.clone(), issued.clone(), bar.clone());
+        let opts = opts.clone();
+        let base = opts.url.trim_end_matches('/').to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ task as u64);
+            let mut tally = Tally::default();
+            loop {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                if opts.requests.is_some_and(|max| n >= max)
+                    || deadline.is_some_and(|d| Instant::now() >= d)
+                {
+                    break;
+                }
+                let key: u32 = rng.gen_range(100_000..1_000_000);
+                let (uri, header) = match &opts.key {
+                    KeyMode::None => (format!("{base}{}", opts.path), None),
+                    KeyMode::Query(q) => {
+                        let sep = if opts.path.contains('?') { '&' } else { '?' };
+                        (format!("{base}{}{sep}{q}={key}", opts.path), None)
+                    }
+                    KeyMode::Header(h) => (format!("{base}{}", opts.path), Some((h, key))),
+                };
+                let sent = Instant::now();
+                let outcome = send(&client, &uri, header, opts.timeout).await;
+                let done = Instant::now();
+                tally.latencies_us.push((done - sent).as_micros() as u64);
+                let second = tally.second(done - start);
+                match &outcome {
+                    Ok((status, _)) if (200..300).contains(status) => second.ok += 1,
+                    _ => second.failed += 1,
+                }
+                let status = match outcome {
+                    Ok((status, served_by)) => {
+                        if (200..300).contains(&status) {
+                            *tally.counts.entry(served_by).or_default() += 1;
+                        }
+                        status.to_string()
+                    }
+                    Err(_) => "error".to_string(),
+                };
+                *tally.statuses.entry(status).or_default() += 1;
+                bar.inc(1);
+            }
+            tally
+        }));
+    }
+    let mut all = Tally::default();
+    for t in tasks {
+        let t = t.await.map_err(|e| format!("a load task failed: {e}"))?;
+        all.latencies_us.extend(t.latencies_us);
+        for (k, v) in t.statuses {
+            *all.statuses.entry(k).or_default() += v;
+        }
+        for (k, v) in t.counts {
+            *all.counts.entry(k).or_default() += v;
+        }
+        for (i, s) in t.timeline.iter().enumerate() {
+            let at = all.second(Duration::from_secs(i as u64));
+            at.ok += s.ok;
+            at.failed += s.failed;
+        }
+    }
+    bar.finish_and_clear();
+    let elapsed = start.elapsed().as_secs_f64();
+    let requests = all.latencies_us.len() as u64;
+    let ok: u64 = all.counts.values().sum();
+    Ok(Report {
+        requests,
+        ok,
+        errors: requests - ok,
+        statuses: all.statuses,
+        counts: all.counts,
+        elapsed_s: elapsed,
+        throughput: requests as f64 / elapsed.max(1e-9),
+        latency_ms: latency(&mut all.latencies_us),
+        timeline: all.timeline,
+    })
+}
+
+/// One GET: its status and `X-Served-By`, with the body read to the end so that the
+/// connection goes back to the pool.
+async fn send(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    uri: &str,
+    header: Option<(&String, u32)>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let mut req = hyper::Request::get(uri);
+    if let Some((name, value)) = header {
+        req = req.header(name.as_str(), value);
+    }
+    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+    let fut = async {
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let served_by = resp
+            .headers()
+            .get("x-served-by")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_string();
+        resp.into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((status, served_by))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| "timeout".to_string())?
+}
+
+fn progress_bar(opts: &Options) -> ProgressBar {
+    use std::io::IsTerminal;
+    if !opts.progress || !std::io::stdout().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = match opts.requests {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Percentiles by nearest rank over the sorted samples.
+pub fn latency(samples_us: &mut [u64]) -> Latency {
+    if samples_us.is_empty() {
+        return Latency::default();
+    }
+    samples_us.sort_unstable();
+    let at = |q: f64| {
+        let rank = ((q * samples_us.len() as f64).ceil() as usize).clamp(1, samples_us.len());
+        samples_us[rank - 1] as f64 / 1000.0
+    };
+    let sum: u64 = samples_us.iter().sum();
+    Latency {
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        max: at(1.0),
+        mean: sum as f64 / samples_us.len() as f64 / 1000.0,
+    }
+}
+
+/// The report as a plain-text table.
+pub fn table(r: &Report) -> String {
+    let mut out = String::new();
+    let line = |out: &mut String, k: &str, v: String| out.push_str(&format!("{k:<14} {v}\n"));
+    line(&mut out, "requests", r.requests.to_string());
+    line(&mut out, "ok", r.ok.to_string());
+    line(&mut out, "errors", r.errors.to_string());
+    line(&mut out, "elapsed", format!("{:.2} s", r.elapsed_s));
+    line(&mut out, "throughput", format!("{:.0} req/s", r.throughput));
+    let l = &r.latency_ms;
+    line(
+        &mut out,
+        "latency (ms)",
+        format!(
+            "p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+            l.p50, l.p90, l.p99, l.max
+        ),
+    );
+    for (status, n) in &r.statuses {
+        line(&mut out, &format!("status {status}"), n.to_string());
+    }
+    out.push_str("\nserved by        requests   share\n");
+    for (who, n) in &r.counts {
+        let share = *n as f64 / r.ok.max(1) as f64 * 100.0;
+        out.push_str(&format!("{who:<16} {n:>8}  {share:>5.1} %\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut s: Vec<u64> = (1..=100).map(|i| i * 1000).collect();
+        let l = latency(&mut s);
+        assert_eq!((l.p50, l.p90, l.p99, l.max), (50.0, 90.0, 99.0, 100.0));
+        assert_eq!(latency(&mut []), Latency::default());
+    }
+
+    #[test]
+    fn key_modes_parse_and_bad_ones_are_refused() {
+        assert_eq!("none".parse(), Ok(KeyMode::None));
+        assert_eq!("query:id".parse(), Ok(KeyMode::Query("id".into())));
+        assert_eq!("header:X-Key".parse(), Ok(KeyMode::Header("X-Key".into())));
+        assert!("query:".parse::<KeyMode>().is_err());
+        assert!("cookie:a".parse::<KeyMode>().is_err());
+    }
+}

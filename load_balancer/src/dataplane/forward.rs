@@ -1,0 +1,550 @@
+//! One client connection: read a request head, pick replicas from the ring, relay
+//! the exchange, repeat while the connection is kept alive.
+//!
+//! Each worker thread runs its connections on its own single-threaded runtime with
+//! its own upstream connection pool, so nothing on this path is shared between
+//! threads but the routing snapshot and atomic counters.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::http1::{self, Chunked, Framing, HeadError, RequestInfo, MAX_HEADERS};
+use crate::api;
+use crate::error::ApiError;
+use crate::hashkey::HashKey;
+use crate::metrics::Metrics;
+use crate::snapshot::SharedSnapshot;
+
+/// Idle upstream connections kept per replica and worker.
+const POOL_PER_ADDRESS: usize = 128;
+/// An idle upstream connection older than this is not reused: servers close idle
+/// keep-alive connections after a few seconds, and a reused dead one costs a retry.
+const POOL_MAX_IDLE: Duration = Duration::from_secs(4);
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Forwarding settings shared by every worker.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    pub hash_key: HashKey,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    /// How long an idle keep-alive client connection is kept open.
+    pub idle_timeout: Duration,
+    /// How long a client may take to send a request head once it started one, so a
+    /// client that trickles bytes does not hold a connection forever.
+    pub header_timeout: Duration,
+    /// The largest request head accepted (`431` beyond).
+    pub max_header_bytes: usize,
+    /// The most client connections open at once, over all workers.
+    pub max_connections: usize,
+    /// Where the admin API (`/rep`, `/add`, …) listens, on loopback.
+    pub api_address: String,
+}
+
+/// What a worker's connections share: settings, the snapshot, the upstream pool.
+pub struct Worker {
+    pub config: ForwardConfig,
+    pub snapshot: SharedSnapshot,
+    pub metrics: std::sync::Arc<Metrics>,
+    pub shutdown: watch::Receiver<bool>,
+    pool: RefCell<HashMap<String, Vec<(TcpStream, Instant)>>>,
+}
+
+impl Worker {
+    /// A worker with an empty pool.
+    pub fn new(
+        config: ForwardConfig,
+        snapshot: SharedSnapshot,
+        metrics: std::sync::Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Worker {
+            config,
+            snapshot,
+            metrics,
+            shutdown,
+            pool: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn checkout(&self, address: &str, check_alive: bool) -> Option<TcpStream> {
+        let mut pool = self.pool.borrow_mut();
+        let idle = pool.get_mut(address)?;
+        while let Some((conn, since)) = idle.pop() {
+            if since.elapsed() > POOL_MAX_IDLE {
+                continue;
+            }
+            // A request that cannot be retried gets a connection known to be open:
+            // a read that would block means the peer has not closed it.
+            if check_alive {
+                let mut probe = [0u8; 1];
+                match conn.try_read(&mut probe) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    _ => continue,
+                }
+            }
+            return Some(conn);
+        }
+        None
+    }
+
+    fn checkin(&self, address: &str, conn: TcpStream) {
+        let mut pool = self.pool.borrow_mut();
+        // Look up before inserting: `entry` would allocate the key on every call.
+        match pool.get_mut(address) {
+            Some(idle) if idle.len() >= POOL_PER_ADDRESS => {}
+            Some(idle) => idle.push((conn, Instant::now())),
+            None => {
+                pool.insert(address.to_string(), vec![(conn, Instant::now())]);
+            }
+        }
+    }
+}
+
+/// Buffers reused across the requests of one client connection.
+struct Buffers {
+    client_in: BytesMut,
+    upstream_in: BytesMut,
+    request_head: Vec<u8>,
+    response_head: Vec<u8>,
+    path: String,
+}
+
+/// Why an exchange with one upstream ended without a response.
+enum Failure {
+    /// Nothing reached the client; the next candidate may be tried if the request
+    /// allows it.
+    Upstream(String),
+    /// The replica could not be connected to: nothing was sent, so any request,
+    /// idempotent or not, may go to the next candidate.
+    Connect(String),
+    /// The replica did not answer in time.
+    Timeout,
+    /// The client went away or broke the protocol: close its connection.
+    Client,
+    /// Part of a response already reached the client: all we can do is close.
+    Midway,
+}
+
+/// Which side of a body copy failed.
+enum CopyError {
+    Source(String),
+    Sink,
+}
+
+/// Which server a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Api,
+    Replicas,
+}
+
+/// Serves one client connection until it closes, errs, idles out or shutdown.
+pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let mut shutdown = worker.shutdown.clone();
+    let mut b = Buffers {
+        client_in: BytesMut::with_capacity(READ_CHUNK),
+        upstream_in: BytesMut::with_capacity(READ_CHUNK),
+        request_head: Vec::with_capacity(1024),
+        response_head: Vec::with_capacity(1024),
+        path: String::new(),
+    };
+    loop {
+        let (info, route) = match read_head(&worker, &mut client, peer, &mut b, &mut shutdown).await
+        {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
+            Err(e) => {
+                let status = if e == HeadError::TooLarge { 431 } else { 400 };
+                let body = ApiError::bad(e.to_string()).body();
+                let reply =
+                    http1::simple_response(status, "Bad Request", "application/json", &body, true);
+                let _ = client.write_all(&reply).await;
+                return;
+            }
+        };
+        let keep_alive = match route {
+            Route::Api => {
+                let api = worker.config.api_address.clone();
+                match exchange(&worker, &mut client, &mut b, &info, &api, None).await {
+                    Ok((_, reusable_client)) => reusable_client,
+                    Err(Failure::Upstream(e) | Failure::Connect(e)) => {
+                        reply_error(
+                            &mut client,
+                            &info,
+                            ApiError::Unavailable(format!("admin API: {e}")),
+                        )
+                        .await
+                    }
+                    Err(Failure::Timeout) => {
+                        reply_error(&mut client, &info, ApiError::GatewayTimeout).await
+                    }
+                    Err(Failure::Client | Failure::Midway) => false,
+                }
+            }
+            Route::Replicas => forward(&worker, &mut client, &mut b, &info).await,
+        };
+        if !keep_alive || *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+/// Reads until a whole request head is in, and rewrites it for upstream.
+/// `Ok(None)`: the client closed (or idled out, or shutdown began) between requests.
+async fn read_head(
+    worker: &Worker,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    b: &mut Buffers,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<(RequestInfo, Route)>, HeadError> {
+    loop {
+        if !b.client_in.is_empty() {
+            if let Some(found) = prepare(worker, peer, b)? {
+                return Ok(Some(found));
+            }
+        }
+        // Between requests the wait is the keep-alive idle time; inside a head, the
+        // header timeout.
+        let limit = if b.client_in.is_empty() {
+            worker.config.idle_timeout
+        } else {
+            worker.config.header_timeout
+        };
+        b.client_in.reserve(READ_CHUNK);
+        let read = tokio::select! {
+            r = tokio::time::timeout(limit, client.read_buf(&mut b.client_in)) => r,
+            _ = shutdown.changed() => return Ok(None),
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Ok(None),
+        }
+    }
+}
+
+fn prepare(
+    worker: &Worker,
+    peer: SocketAddr,
+    b: &mut Buffers,
+) -> Result<Option<(RequestInfo, Route)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let max = worker.config.max_header_bytes;
+    let Some(req) = http1::parse_request(&b.client_in, &mut headers)? else {
+        return if b.client_in.len() > max {
+            Err(HeadError::TooLarge)
+        } else {
+            Ok(None)
+        };
+    };
+    if req.head_len > max {
+        return Err(HeadError::TooLarge);
+    }
+    let info = http1::rewrite_request(
+        &req,
+        peer.ip(),
+        &worker.config.hash_key,
+        &mut b.request_head,
+    )?;
+    let path = crate::hashkey::KeySource::path(&req);
+    let route = if api::is_admin(req.method, path) {
+        Route::Api
+    } else {
+        Route::Replicas
+    };
+    b.path.clear();
+    b.path.push_str(path);
+    b.client_in.advance(info.head_len);
+    Ok(Some((info, route)))
+}
+
+/// Sends a request to the ring's candidates in turn until one answers.
+/// Returns whether the client connection stays open.
+async fn forward(
+    worker: &Worker,
+    client: &mut TcpStream,
+    b: &mut Buffers,
+    info: &RequestInfo,
+) -> bool {
+    let snap = worker.snapshot.load_full();
+    if snap.routing.table.is_empty() {
+        let err = ApiError::Unavailable("No replica is available".into());
+        return reply_error(client, info, err).await;
+    }
+    let metrics = &worker.metrics;
+    let started = Instant::now();
+    let mut last_error = String::from("no candidate");
+    for (attempt, backend) in snap.routing.candidates(info.request_id).enumerate() {
+        if attempt > 0 {
+            metrics.retries.inc();
+        }
+        let _in_flight = backend.track();
+        match exchange(
+            worker,
+            client,
+            b,
+            info,
+            &backend.address,
+            Some(&backend.hostname),
+        )
+        .await
+        {
+            Ok((status, keep_alive)) => {
+                metrics.latency.observe(started.elapsed().as_secs_f64());
+                backend.counters.response(status);
+                backend.clear_failures();
+                if status == 404 {
+                    let err = ApiError::UnknownEndpoint(b.path.clone());
+                    return reply_error(client, info, err).await && keep_alive;
+                }
+                return keep_alive;
+            }
+            Err(failure @ (Failure::Upstream(_) | Failure::Connect(_))) => {
+                let (e, sent) = match failure {
+                    Failure::Connect(e) => (format!("connect: {e}"), false),
+                    Failure::Upstream(e) => (e, true),
+                    _ => unreachable!("matched above"),
+                };
+                backend.counters.error();
+                if backend.record_failure() {
+                    metrics.ejections.inc();
+                    log::warn!("{} ejected after failed requests", backend.hostname);
+                }
+                log::debug!("{} failed: {e}", backend.hostname);
+                last_error = format!("{}: {e}", backend.hostname);
+                if sent && !info.retryable {
+                    break;
+                }
+            }
+            Err(Failure::Timeout) => {
+                backend.counters.error();
+                return reply_error(client, info, ApiError::GatewayTimeout).await;
+            }
+            Err(Failure::Client | Failure::Midway) => return false,
+        }
+    }
+    reply_error(client, info, ApiError::BadGateway(last_error)).await
+}
+
+/// Writes an error of ours; returns whether the connection stays open.
+async fn reply_error(client: &mut TcpStream, info: &RequestInfo, err: ApiError) -> bool {
+    // An unread request body would be taken for the next request: close instead.
+    let close = !info.keep_alive || info.framing != Framing::Empty;
+    let reply = http1::simple_response(
+        err.status(),
+        err.reason(),
+        "application/json",
+        &err.body(),
+        close,
+    );
+    client.write_all(&reply).await.is_ok() && !close
+}
+
+/// One request and its response over one upstream connection. A 404 from a replica
+/// is not relayed (the caller answers it); everything else is. Returns the status
+/// and whether the client connection stays open.
+async fn exchange(
+    worker: &Worker,
+    client: &mut TcpStream,
+    b: &mut Buffers,
+    info: &RequestInfo,
+    address: &str,
+    served_by: Option<&str>,
+) -> Result<(u16, bool), Failure> {
+    // A pooled connection may have been closed by the server since; a request that
+    // can be sent again is retried once on a fresh connection when that happens.
+    let mut pooled = worker.checkout(address, !info.retryable);
+    loop {
+        let reused = pooled.is_some();
+        let mut upstream = match pooled.take() {
+            Some(c) => c,
+            None => connect(address, worker.config.connect_timeout).await?,
+        };
+        match send_and_read_head(worker, client, &mut upstream, b, info, served_by).await {
+            Ok(res) => {
+                return relay(worker, client, upstream, b, info, address, res, served_by).await
+            }
+            Err(Failure::Upstream(_)) if reused && info.retryable => continue,
+            Err(f) => return Err(f),
+        }
+    }
+}
+
+async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, Failure> {
+    match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Ok(Ok(c)) => {
+            let _ = c.set_nodelay(true);
+            Ok(c)
+        }
+        Ok(Err(e)) => Err(Failure::Connect(e.to_string())),
+        Err(_) => Err(Failure::Connect("timed out".into())),
+    }
+}
+
+/// Sends the head and body, then reads until a final response head is in,
+/// relaying any 1xx interim response (`100 Continue`) on the way.
+async fn send_and_read_head(
+    worker: &Worker,
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    b: &mut Buffers,
+    info: &RequestInfo,
+    served_by: Option<&str>,
+) -> Result<http1::ResponseInfo, Failure> {
+    if let Err(e) = upstream.write_all(&b.request_head).await {
+        return Err(Failure::Upstream(format!("write: {e}")));
+    }
+    match copy_body(info.framing, &mut b.client_in, client, upstream).await {
+        Ok(()) => {}
+        Err(CopyError::Source(e)) => {
+            log::debug!("reading the request body: {e}");
+            return Err(Failure::Client);
+        }
+        Err(CopyError::Sink) => return Err(Failure::Upstream("write of the body failed".into())),
+    }
+    b.upstream_in.clear();
+    let deadline = tokio::time::Instant::now() + worker.config.response_timeout;
+    let client_closes = !info.keep_alive;
+    loop {
+        let parsed = http1::rewrite_response(
+            &b.upstream_in,
+            info.is_head,
+            served_by,
+            client_closes,
+            &mut b.response_head,
+        )
+        .map_err(|e| Failure::Upstream(e.to_string()))?;
+        if let Some(res) = parsed {
+            if (100..200).contains(&res.status) {
+                if res.status == 101 {
+                    return Err(Failure::Upstream(
+                        "protocol upgrades are not supported".into(),
+                    ));
+                }
+                client
+                    .write_all(&b.response_head)
+                    .await
+                    .map_err(|_| Failure::Client)?;
+                b.upstream_in.advance(res.head_len);
+                continue;
+            }
+            return Ok(res);
+        }
+        b.upstream_in.reserve(READ_CHUNK);
+        match tokio::time::timeout_at(deadline, upstream.read_buf(&mut b.upstream_in)).await {
+            Ok(Ok(0)) => return Err(Failure::Upstream("closed before answering".into())),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(Failure::Upstream(format!("read: {e}"))),
+            Err(_) => return Err(Failure::Timeout),
+        }
+    }
+}
+
+/// Relays a response whose head is in `b.upstream_in`, then pools the upstream
+/// connection if it can carry another request.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    worker: &Worker,
+    client: &mut TcpStream,
+    mut upstream: TcpStream,
+    b: &mut Buffers,
+    info: &RequestInfo,
+    address: &str,
+    res: http1::ResponseInfo,
+    served_by: Option<&str>,
+) -> Result<(u16, bool), Failure> {
+    b.upstream_in.advance(res.head_len);
+    let client_keeps = info.keep_alive && res.framing != Framing::UntilClose;
+    if res.status == 404 && served_by.is_some() {
+        // Answered by the caller; the body is not read, so the connection is dropped.
+        return Ok((404, client_keeps));
+    }
+    // A small body already read with its head goes out in the same write.
+    if let Framing::Length(n) = res.framing {
+        if n as usize <= b.upstream_in.len() {
+            let n = n as usize;
+            b.response_head.extend_from_slice(&b.upstream_in[..n]);
+            b.upstream_in.advance(n);
+            client
+                .write_all(&b.response_head)
+                .await
+                .map_err(|_| Failure::Midway)?;
+            if res.reusable && b.upstream_in.is_empty() {
+                worker.checkin(address, upstream);
+            }
+            return Ok((res.status, client_keeps));
+        }
+    }
+    client
+        .write_all(&b.response_head)
+        .await
+        .map_err(|_| Failure::Midway)?;
+    match copy_body(res.framing, &mut b.upstream_in, &mut upstream, client).await {
+        Ok(()) => {}
+        Err(CopyError::Source(e)) => {
+            log::debug!("{address} broke off its response: {e}");
+            return Err(Failure::Midway);
+        }
+        Err(CopyError::Sink) => return Err(Failure::Midway),
+    }
+    if res.reusable && b.upstream_in.is_empty() {
+        worker.checkin(address, upstream);
+    }
+    Ok((res.status, client_keeps))
+}
+
+/// Copies one body from `src` to `dst` by its framing, starting with what is
+/// already in `buf`. Bytes after the body's end stay in `buf`.
+async fn copy_body(
+    framing: Framing,
+    buf: &mut BytesMut,
+    src: &mut TcpStream,
+    dst: &mut TcpStream,
+) -> Result<(), CopyError> {
+    let mut left = match framing {
+        Framing::Empty => return Ok(()),
+        Framing::Length(n) => n,
+        Framing::Chunked | Framing::UntilClose => u64::MAX,
+    };
+    let mut chunked = Chunked::default();
+    loop {
+        if buf.is_empty() {
+            buf.reserve(READ_CHUNK);
+            match src.read_buf(buf).await {
+                Ok(0) if framing == Framing::UntilClose => return Ok(()),
+                Ok(0) => return Err(CopyError::Source("closed mid-body".into())),
+                Ok(_) => {}
+                Err(e) => return Err(CopyError::Source(e.to_string())),
+            }
+        }
+        let take = match framing {
+            Framing::Chunked => chunked
+                .feed(buf)
+                .map_err(|e| CopyError::Source(e.to_string()))?,
+            _ => buf.len().min(left.min(usize::MAX as u64) as usize),
+        };
+        dst.write_all(&buf[..take])
+            .await
+            .map_err(|_| CopyError::Sink)?;
+        buf.advance(take);
+        if framing == Framing::Length(0) || framing == Framing::Chunked && chunked.done() {
+            return Ok(());
+        }
+        if let Framing::Length(_) = framing {
+            left -= take as u64;
+            if left == 0 {
+                return Ok(());
+            }
+        }
+    }
+}

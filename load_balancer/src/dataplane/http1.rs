@@ -1,0 +1,662 @@
+//! HTTP/1.x message heads and body framing, as plain functions over byte buffers.
+//!
+//! The forwarder never builds a request object: it parses a head in place, writes
+//! the rewritten head straight into a reused buffer, and copies bodies by their
+//! framing. Everything here is pure and tested without sockets.
+
+use std::net::IpAddr;
+
+use crate::hashkey::{HashKey, KeySource};
+
+/// The most headers a message may carry.
+pub const MAX_HEADERS: usize = 100;
+/// The largest head accepted from a replica, and the most `--max-header-bytes` allows.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Headers that describe one connection, never forwarded (RFC 9110, 7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// How a message's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, copied verbatim while its framing is tracked.
+    Chunked,
+    /// Until the sender closes the connection (responses only).
+    UntilClose,
+}
+
+/// Why a head was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("malformed HTTP head: {0}")]
+    Malformed(&'static str),
+    #[error("HTTP head too large")]
+    TooLarge,
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+}
+
+impl From<httparse::Error> for HeadError {
+    fn from(e: httparse::Error) -> Self {
+        HeadError::Malformed(match e {
+            httparse::Error::TooManyHeaders => "too many headers",
+            httparse::Error::HeaderName | httparse::Error::HeaderValue => "bad header",
+            httparse::Error::Version => "bad version",
+            _ => "bad request line",
+        })
+    }
+}
+
+/// What the forwarder needs to know about a request once its head is rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestInfo {
+    /// Bytes of the head in the input buffer.
+    pub head_len: usize,
+    pub framing: Framing,
+    /// Whether the client connection may carry another request afterwards.
+    pub keep_alive: bool,
+    /// Safe to send again to another replica (and has no body to resend).
+    pub retryable: bool,
+    /// A `HEAD` request: its response has no body whatever its headers say.
+    pub is_head: bool,
+    /// `HTTP/1.0` from the client: answered with a closed connection.
+    pub http10: bool,
+    /// The ring key for this request.
+    pub request_id: u64,
+}
+
+/// A parsed request head, borrowing the input buffer.
+pub struct Request<'b, 'h> {
+    pub method: &'b str,
+    /// The request target: path and query.
+    pub target: &'b str,
+    pub minor: u8,
+    pub headers: &'h [httparse::Header<'b>],
+    pub head_len: usize,
+}
+
+/// Parses a request head; `Ok(None)` when more bytes are needed.
+pub fn parse_request<'b, 'h>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>],
+) -> Result<Option<Request<'b, 'h>>, HeadError> {
+    let mut req = httparse::Request::new(headers);
+    match req.parse(buf)? {
+        httparse::Status::Partial => {
+            if buf.len() > MAX_HEAD {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            }
+        }
+        httparse::Status::Complete(head_len) => Ok(Some(Request {
+            method: req.method.ok_or(HeadError::Malformed("no method"))?,
+            target: req.path.ok_or(HeadError::Malformed("no target"))?,
+            minor: req.version.ok_or(HeadError::Malformed("no version"))?,
+            headers: req.headers,
+            head_len,
+        })),
+    }
+}
+
+fn header<'b>(headers: &[httparse::Header<'b>], name: &str) -> Option<&'b [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitive).
+fn lists(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, HeadError> {
+    let mut found = None;
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        let v = std::str::from_utf8(h.value)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or(HeadError::Malformed("bad content-length"))?;
+        // Two different lengths is how requests are smuggled past proxies.
+        if found.is_some_and(|f| f != v) {
+            return Err(HeadError::Malformed("conflicting content-length"));
+        }
+        found = Some(v);
+    }
+    Ok(found)
+}
+
+fn is_chunked(headers: &[httparse::Header<'_>]) -> Result<bool, HeadError> {
+    let Some(te) = header(headers, "transfer-encoding") else {
+        return Ok(false);
+    };
+    let last = te
+        .split(|b| *b == b',')
+        .next_back()
+        .unwrap_or(b"")
+        .trim_ascii();
+    if last.eq_ignore_ascii_case(b"chunked") {
+        Ok(true)
+    } else {
+        Err(HeadError::Unsupported(
+            "transfer-encoding other than chunked",
+        ))
+    }
+}
+
+/// The request's body framing (RFC 9112, 6.3).
+pub fn request_framing(req: &Request<'_, '_>) -> Result<Framing, HeadError> {
+    let chunked = is_chunked(req.headers)?;
+    let length = content_length(req.headers)?;
+    match (chunked, length) {
+        (true, Some(_)) => Err(HeadError::Malformed(
+            "both transfer-encoding and content-length",
+        )),
+        (true, None) => Ok(Framing::Chunked),
+        (false, Some(0) | None) => Ok(Framing::Empty),
+        (false, Some(n)) => Ok(Framing::Length(n)),
+    }
+}
+
+/// Methods that may be sent twice (RFC 9110, 9.2.2).
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+    )
+}
+
+impl KeySource for Request<'_, '_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        header(self.headers, name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+    fn query(&self) -> &str {
+        self.target.split_once('?').map_or("", |(_, q)| q)
+    }
+    fn path(&self) -> &str {
+        self.target.split_once('?').map_or(self.target, |(p, _)| p)
+    }
+    fn client_ip(&self) -> Option<IpAddr> {
+        None
+    }
+}
+
+/// A request seen with its client's address, for `--hash-key client-ip`.
+struct WithPeer<'a, 'b, 'h>(&'a Request<'b, 'h>, IpAddr);
+
+impl KeySource for WithPeer<'_, '_, '_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0.header(name)
+    }
+    fn query(&self) -> &str {
+        self.0.query()
+    }
+    fn path(&self) -> &str {
+        self.0.path()
+    }
+    fn client_ip(&self) -> Option<IpAddr> {
+        Some(self.1)
+    }
+}
+
+/// Checks a request, computes its key, and writes the head to send upstream into
+/// `out` (cleared first): hop-by-hop headers dropped, `X-Forwarded-*` set.
+pub fn rewrite_request(
+    req: &Request<'_, '_>,
+    peer: IpAddr,
+    hash_key: &HashKey,
+    out: &mut Vec<u8>,
+) -> Result<RequestInfo, HeadError> {
+    let framing = request_framing(req)?;
+    let http10 = req.minor == 0;
+    if http10 && framing == Framing::Chunked {
+        return Err(HeadError::Malformed("chunked body from an HTTP/1.0 client"));
+    }
+    let closes = lists(req.headers, "connection", "close");
+    out.clear();
+    out.extend_from_slice(req.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.target.as_bytes());
+    // An HTTP/1.0 client cannot read a chunked answer, so ask upstream in 1.0 too.
+    out.extend_from_slice(if http10 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
+    let mut prior_xff: Option<&[u8]> = None;
+    let mut host: Option<&[u8]> = None;
+    let has_connection = header(req.headers, "connection").is_some();
+    for h in req.headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            prior_xff = Some(h.value);
+            continue;
+        }
+        if name.eq_ignore_ascii_case("host") {
+            host = Some(h.value);
+        }
+        let dropped = HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || name.eq_ignore_ascii_case("x-forwarded-proto")
+            || name.eq_ignore_ascii_case("x-forwarded-host")
+            || (has_connection && lists(req.headers, "connection", name));
+        if dropped {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prior) = prior_xff {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
+    }
+    push_ip(out, peer);
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    if let Some(host) = host {
+        out.extend_from_slice(b"x-forwarded-host: ");
+        out.extend_from_slice(host);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(RequestInfo {
+        head_len: req.head_len,
+        framing,
+        keep_alive: !http10 && !closes,
+        retryable: is_idempotent(req.method) && framing == Framing::Empty,
+        is_head: req.method == "HEAD",
+        http10,
+        request_id: hash_key.request_id(&WithPeer(req, peer)),
+    })
+}
+
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    use std::io::Write;
+    let _ = write!(out, "{ip}");
+}
+
+/// What the forwarder needs to know about a response once its head is rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseInfo {
+    pub head_len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// Whether the upstream connection may be used again afterwards.
+    pub reusable: bool,
+}
+
+/// Parses a response head and writes the head for the client into `out` (cleared
+/// first), with `X-Served-By` when `served_by` is given and `Connection: close` when
+/// the client connection ends after it. `Ok(None)`: more bytes are needed.
+pub fn rewrite_response(
+    buf: &[u8],
+    is_head: bool,
+    served_by: Option<&str>,
+    client_closes: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseInfo>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut headers);
+    let head_len = match res.parse(buf)? {
+        httparse::Status::Partial if buf.len() > MAX_HEAD => return Err(HeadError::TooLarge),
+        httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(n) => n,
+    };
+    let status = res.code.ok_or(HeadError::Malformed("no status"))?;
+    let minor = res.version.ok_or(HeadError::Malformed("no version"))?;
+    let headers: &[httparse::Header<'_>] = res.headers;
+    let no_body = is_head || (100..200).contains(&status) || status == 204 || status == 304;
+    let chunked = is_chunked(headers)?;
+    let framing = if no_body {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else {
+        match content_length(headers)? {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    let has_connection = header(headers, "connection").is_some();
+    let upstream_closes = (minor == 0 && !lists(headers, "connection", "keep-alive"))
+        || (has_connection && lists(headers, "connection", "close"));
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_status(out, status);
+    out.push(b' ');
+    out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in headers {
+        let name = h.name;
+        // Chunked framing is passed through as it is, so its header stays.
+        if HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || (has_connection && lists(headers, "connection", name))
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(by) = served_by {
+        out.extend_from_slice(b"x-served-by: ");
+        out.extend_from_slice(by.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if client_closes || framing == Framing::UntilClose {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(ResponseInfo {
+        head_len,
+        status,
+        framing,
+        reusable: !upstream_closes && framing != Framing::UntilClose,
+    }))
+}
+
+fn push_status(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
+}
+
+/// A whole response of our own (an error), for the client.
+pub fn simple_response(
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    body: &str,
+    close: bool,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_status(&mut out, status);
+    out.extend_from_slice(
+        format!(
+            " {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{}\r\n",
+            body.len(),
+            if close { "connection: close\r\n" } else { "" }
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// Follows a chunked body through the bytes that pass, to know where it ends.
+#[derive(Debug, Clone, Default)]
+pub struct Chunked {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    FinalLf,
+    Done,
+}
+
+impl Chunked {
+    /// Feeds bytes; returns how many belong to the body. Fewer than `bytes.len()`
+    /// only when the body ended inside them.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, HeadError> {
+        use ChunkState::*;
+        let bad = |why| Err(HeadError::Malformed(why));
+        let mut i = 0;
+        while i < bytes.len() && self.state != Done {
+            if self.state == Data {
+                let take = (bytes.len() - i).min(self.size.min(usize::MAX as u64) as usize);
+                self.size -= take as u64;
+                i += take;
+                if self.size == 0 {
+                    self.state = DataCr;
+                }
+                continue;
+            }
+            let b = bytes[i];
+            i += 1;
+            self.state = match (self.state, b) {
+                (Size, b) if b.is_ascii_hexdigit() => {
+                    if self.digits >= 15 {
+                        return bad("chunk size too large");
+                    }
+                    self.digits += 1;
+                    self.size = self.size * 16 + u64::from((b as char).to_digit(16).unwrap_or(0));
+                    Size
+                }
+                (Size, b';' | b' ' | b'\t') if self.digits > 0 => Extension,
+                (Size, b'\r') if self.digits > 0 => SizeLf,
+                (Size, _) => return bad("bad chunk size"),
+                (Extension, b'\r') => SizeLf,
+                (Extension, _) => Extension,
+                (SizeLf, b'\n') if self.size == 0 => TrailerStart,
+                (SizeLf, b'\n') => Data,
+                (SizeLf, _) => return bad("bad chunk size line"),
+                (DataCr, b'\r') => DataLf,
+                (DataLf, b'\n') => {
+                    self.digits = 0;
+                    Size
+                }
+                (DataCr | DataLf, _) => return bad("chunk data not followed by CRLF"),
+                (TrailerStart, b'\r') => FinalLf,
+                (TrailerStart | TrailerLine, b'\n') => TrailerStart,
+                (TrailerStart | TrailerLine, _) => TrailerLine,
+                (FinalLf, b'\n') => Done,
+                (FinalLf, _) => return bad("bad end of chunked body"),
+                (Data | Done, _) => unreachable!("handled above"),
+            };
+        }
+        Ok(i)
+    }
+
+    /// Whether the last chunk and the trailers have passed.
+    pub fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(raw: &str) -> Result<(RequestInfo, String), HeadError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let req = parse_request(raw.as_bytes(), &mut headers)?.expect("complete");
+        let mut out = Vec::new();
+        let info = rewrite_request(
+            &req,
+            "10.0.0.9".parse().unwrap(),
+            &HashKey::Query("id".into()),
+            &mut out,
+        )?;
+        Ok((info, String::from_utf8(out).unwrap()))
+    }
+
+    #[test]
+    fn a_partial_head_asks_for_more_bytes() {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        assert!(parse_request(b"GET / HTTP/1.1\r\nHost: a", &mut headers)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_request_head_loses_hop_by_hop_headers_and_gains_forwarding_ones() {
+        let (info, head) = rewrite(
+            "GET /home?id=42 HTTP/1.1\r\nHost: lb:5000\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nTE: trailers\r\nX-Forwarded-For: 1.2.3.4\r\nX-Kept: yes\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            head,
+            "GET /home?id=42 HTTP/1.1\r\nHost: lb:5000\r\nX-Kept: yes\r\nx-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: lb:5000\r\n\r\n"
+        );
+        assert_eq!(info.request_id, 42);
+        assert!(info.keep_alive && info.retryable && !info.http10);
+        assert_eq!(info.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn bodies_are_framed_by_length_or_chunks_and_never_retried() {
+        let (info, _) = rewrite("POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert_eq!((info.framing, info.retryable), (Framing::Length(5), false));
+        let (info, head) =
+            rewrite("PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert_eq!((info.framing, info.retryable), (Framing::Chunked, false));
+        assert!(head.contains("Transfer-Encoding: chunked\r\n"));
+        let (info, _) = rewrite("GET /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!((info.framing, info.retryable), (Framing::Empty, true));
+    }
+
+    #[test]
+    fn smuggling_shaped_heads_are_refused() {
+        for raw in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: five\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(rewrite(raw).is_err(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn http10_and_connection_close_end_the_client_connection() {
+        let (info, head) = rewrite("GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(info.http10 && !info.keep_alive);
+        assert!(head.starts_with("GET / HTTP/1.0\r\n"));
+        let (info, _) = rewrite("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+        assert!(!info.keep_alive);
+    }
+
+    #[test]
+    fn a_response_head_names_the_replica_and_keeps_chunked_framing() {
+        let mut out = Vec::new();
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\nX-A: b\r\n\r\n5\r\nhello";
+        let info = rewrite_response(raw, false, Some("Server2"), false, &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.framing, Framing::Chunked);
+        assert!(info.reusable);
+        assert_eq!(&raw[info.head_len..], b"5\r\nhello");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\nx-served-by: Server2\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_framing_follows_the_rules() {
+        let frame = |raw: &str, head: bool| {
+            let mut out = Vec::new();
+            rewrite_response(raw.as_bytes(), head, None, false, &mut out)
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(
+            frame("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false).framing,
+            Framing::Length(3)
+        );
+        assert_eq!(
+            frame("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true).framing,
+            Framing::Empty
+        );
+        assert_eq!(
+            frame("HTTP/1.1 204 No Content\r\n\r\n", false).framing,
+            Framing::Empty
+        );
+        assert_eq!(
+            frame(
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false
+            )
+            .framing,
+            Framing::Empty
+        );
+        let close = frame("HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!(
+            (close.framing, close.reusable),
+            (Framing::UntilClose, false)
+        );
+        assert!(!frame("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).reusable);
+        assert!(
+            !frame(
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+                false
+            )
+            .reusable
+        );
+    }
+
+    #[test]
+    fn a_chunked_body_ends_after_its_last_chunk_and_trailers() {
+        let body = b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+        let whole = body.len() - 4;
+        // Fed whole, or one byte at a time, the end is found at the same place.
+        let mut c = Chunked::default();
+        assert_eq!(c.feed(body).unwrap(), whole);
+        assert!(c.done());
+        let mut c = Chunked::default();
+        let mut n = 0;
+        for b in body.iter() {
+            n += c.feed(std::slice::from_ref(b)).unwrap();
+            if c.done() {
+                break;
+            }
+        }
+        assert_eq!(n, whole);
+    }
+
+    #[test]
+    fn a_broken_chunked_body_is_an_error() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"fffffffffffffffff\r\n",
+        ] {
+            assert!(
+                Chunked::default().feed(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
