@@ -106,26 +106,41 @@ end
 EOF
 
 "$NGINX" -c "$OUT/backends.conf" -p "$OUT" & pids+=($!)
-"$NGINX" -c "$OUT/proxy-nginx.conf" -p "$OUT" & pids+=($!)
-"$HAPROXY" -f "$OUT/haproxy.cfg" -q & pids+=($!)
+"$NGINX" -c "$OUT/proxy-nginx.conf" -p "$OUT" & pids+=($!); pid_nginx=$!
+"$HAPROXY" -f "$OUT/haproxy.cfg" -q & pids+=($!); pid_haproxy=$!
 backends=(--backend "Server1=127.0.0.1:$B1" --backend "Server2=127.0.0.1:$B2" --backend "Server3=127.0.0.1:$B3")
 RUST_LOG=warn ./target/release/load_balancer --runtime static "${backends[@]}" \
-  --hash-key query:id --workers 1 --listen "127.0.0.1:$P_LB" >/dev/null & pids+=($!)
+  --hash-key query:id --workers 1 --listen "127.0.0.1:$P_LB" >/dev/null & pids+=($!); pid_lb=$!
 RUST_LOG=warn ./target/release/load_balancer --runtime static "${backends[@]}" \
-  --hash-key query:id --listen "127.0.0.1:$P_LB_ALL" >/dev/null & pids+=($!)
+  --hash-key query:id --listen "127.0.0.1:$P_LB_ALL" >/dev/null & pids+=($!); pid_lb_all=$!
+
+# CPU time (user + system, in clock ticks) of a process and its children: what a
+# proxy spends per request is its efficiency, steadier than req/s on a shared machine.
+cpu_ticks() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1"); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
 
 for port in $B1 $P_NGINX $P_HAPROXY $P_LB $P_LB_ALL; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/home?id=1" >/dev/null && break; sleep 0.1; done
 done
 
-targets=("direct:$B1" "nginx:$P_NGINX" "haproxy:$P_HAPROXY" "load_balancer:$P_LB" "load_balancer(all-workers):$P_LB_ALL")
+targets=("direct:$B1:" "nginx:$P_NGINX:$pid_nginx" "haproxy:$P_HAPROXY:$pid_haproxy"
+  "load_balancer:$P_LB:$pid_lb" "load_balancer(all-workers):$P_LB_ALL:$pid_lb_all")
+TICK=$(getconf CLK_TCK)
 : >"$OUT/runs.txt"
 for round in $(seq "$ROUNDS"); do
   for t in "${targets[@]}"; do
-    name=${t%%:*} port=${t##*:}
+    IFS=: read -r name port pid <<<"$t"
     echo "round $round/$ROUNDS: $name" >&2
+    before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
     out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/random-id.lua" "http://127.0.0.1:$port/")
-    printf '=== %s\n%s\n' "$name" "$out" >>"$OUT/runs.txt"
+    after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    printf '=== %s\ncpu_seconds: %s\n%s\n' "$name" "$(awk "BEGIN {print ($after - $before) / $TICK}")" "$out" >>"$OUT/runs.txt"
   done
 done
 
@@ -142,13 +157,17 @@ for block in open(sys.argv[1]).read().split("=== ")[1:]:
     errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", body))
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", body)
     errors += int(m.group(1)) if m else 0
-    runs.setdefault(name, []).append((rps, ms("50"), ms("99"), errors))
+    total = int(re.search(r"(\d+) requests in", body).group(1))
+    cpu = float(re.search(r"cpu_seconds: ([\d.]+)", body).group(1))
+    runs.setdefault(name, []).append((rps, ms("50"), ms("99"), errors, cpu * 1e6 / total))
 med = {n: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
-           statistics.median(r[2] for r in v), sum(r[3] for r in v)) for n, v in runs.items()}
+           statistics.median(r[2] for r in v), sum(r[3] for r in v),
+           statistics.median(r[4] for r in v)) for n, v in runs.items()}
 peer = max(("nginx", "haproxy"), key=lambda n: med[n][0])
 print(f"\nmedian of {len(runs['nginx'])} rounds; better peer: {peer}\n")
-print(f"| target | req/s | p50 ms | p99 ms | errors | req/s ÷ {peer} | p99 ÷ {peer} |")
-print("|---|---|---|---|---|---|---|")
-for n, (rps, p50, p99, err) in med.items():
-    print(f"| {n} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {err} | {rps / med[peer][0]:.2f} | {p99 / med[peer][2]:.2f} |")
+print(f"| target | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req | req/s ÷ {peer} | p99 ÷ {peer} |")
+print("|---|---|---|---|---|---|---|---|")
+for n, (rps, p50, p99, err, cpu) in med.items():
+    cpu_text = f"{cpu:.1f}" if cpu > 0 else "–"
+    print(f"| {n} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {err} | {cpu_text} | {rps / med[peer][0]:.2f} | {p99 / med[peer][2]:.2f} |")
 EOF

@@ -22,12 +22,21 @@ fn lookups(c: &mut Criterion) {
     for n in [3u32, 56] {
         let table = ring_with(n).table(|_| true);
         let mut r = 100_000u64;
-        c.bench_function(&format!("first candidate, {n} servers"), |b| {
+        c.bench_function(&format!("owner (first candidate), {n} servers"), |b| {
             b.iter(|| {
                 r = r.wrapping_add(7919);
                 black_box(table.owner(black_box(r)))
             })
         });
+        c.bench_function(
+            &format!("first of the candidate iterator, {n} servers"),
+            |b| {
+                b.iter(|| {
+                    r = r.wrapping_add(7919);
+                    black_box(table.candidates(black_box(r)).next())
+                })
+            },
+        );
         c.bench_function(&format!("all candidates, {n} servers"), |b| {
             b.iter(|| {
                 r = r.wrapping_add(7919);

@@ -164,9 +164,15 @@ impl Table {
         }
     }
 
-    /// The first candidate alone.
+    /// The first candidate alone: on the ring two loads, no iterator.
     pub fn owner(&self, request_id: u64) -> Option<ServerId> {
-        self.candidates(request_id).next()
+        match &self.selector {
+            Selector::Ring { first, entries, .. } => {
+                let slot = self.slot_of(request_id);
+                entries.get(*first.get(slot)? as usize).copied()
+            }
+            _ => self.candidates(request_id).next(),
+        }
     }
 
     /// Candidates from a position rather than a request id: a ring slot, a Maglev
@@ -180,6 +186,8 @@ impl Table {
             } => {
                 let start = if entries.is_empty() {
                     0
+                } else if slot < self.slots {
+                    first[slot] as usize
                 } else {
                     first[slot % self.slots] as usize
                 };
@@ -220,6 +228,7 @@ impl<'a> Candidates<'a> {
             start,
             walked: 0,
             left: servers,
+            seen: [0; SEEN_WORDS],
         }))
     }
 }
@@ -244,19 +253,41 @@ struct Walk<'a> {
     /// Servers not yet yielded: at 0 the walk stops instead of scanning the rest of a
     /// 65,537-entry Maglev table for servers that cannot be there.
     left: usize,
+    /// Ids already yielded, as bits, for ids below `64 * SEEN_WORDS`; larger ids
+    /// (only with a custom, very large ring) fall back to rescanning the walk.
+    seen: [u64; SEEN_WORDS],
 }
+
+/// Enough bits for every id the default ring holds (56) and then some.
+const SEEN_WORDS: usize = 4;
 
 impl Walk<'_> {
     fn at(&self, offset: usize) -> ServerId {
-        self.entries[(self.start + offset) % self.entries.len()]
+        // offset < len, so one subtraction wraps where a division would.
+        let i = self.start + offset;
+        let len = self.entries.len();
+        self.entries[if i >= len { i - len } else { i }]
+    }
+
+    /// Marks `id` as yielded; returns whether it was already.
+    fn seen_before(&mut self, id: ServerId) -> bool {
+        let (word, bit) = (id as usize / 64, id % 64);
+        match self.seen.get_mut(word) {
+            Some(w) => {
+                let before = *w & (1 << bit) != 0;
+                *w |= 1 << bit;
+                before
+            }
+            None => (0..self.walked).any(|o| self.at(o) == id),
+        }
     }
 
     fn next(&mut self) -> Option<ServerId> {
-        // The first candidate costs one index; later ones check only the entries
-        // already walked, so a request that never fails over allocates nothing.
+        // The first candidate costs one index, later ones a bit test each: nothing
+        // is allocated per request, and walking all candidates is linear.
         while self.left > 0 && self.walked < self.entries.len() {
             let id = self.at(self.walked);
-            let seen = (0..self.walked).any(|o| self.at(o) == id);
+            let seen = self.seen_before(id);
             self.walked += 1;
             if !seen {
                 self.left -= 1;

@@ -24,6 +24,12 @@ impl HashScheme for Quadratic {
 
     fn request_slot(&self, request_id: u64, m: usize) -> usize {
         let m = m as u64;
+        // Per request, so cheap first: with M a power of two (512 by default) a mask
+        // replaces both divisions, and r < M <= 2^31 keeps r² + 2r + 17 within u64.
+        if m.is_power_of_two() && m <= 1 << 31 {
+            let r = request_id & (m - 1);
+            return ((r * r + 2 * r + 17) & (m - 1)) as usize;
+        }
         let r = request_id % m;
         ((r * r % m + 2 * r % m + 17 % m) % m) as usize
     }
@@ -32,6 +38,16 @@ impl HashScheme for Quadratic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_power_of_two_shortcut_agrees_with_the_definition(r in any::<u64>(), bits in 0u32..=31) {
+            let m = 1u64 << bits;
+            let reference = ((u128::from(r % m).pow(2) + 2 * u128::from(r % m) + 17) % u128::from(m)) as usize;
+            prop_assert_eq!(Quadratic.request_slot(r, m as usize), reference);
+        }
+    }
 
     #[test]
     fn quadratic_virtual_nodes_match_a_hand_computation() {
