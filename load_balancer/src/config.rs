@@ -34,7 +34,8 @@ pub enum DockerAddressing {
 
 /// A consistent-hashing HTTP load balancer that runs and heals its own replicas.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "load_balancer", version)]
+// A flag given twice keeps the last value, so scripts can override a default list.
+#[command(name = "load_balancer", version, args_override_self = true)]
 pub struct Config {
     /// Where the balancer serves.
     #[arg(long, env = "LB_LISTEN", default_value = "0.0.0.0:5000")]

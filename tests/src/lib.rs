@@ -71,7 +71,8 @@ fn agent() -> &'static ureq::Agent {
     static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
     AGENT.get_or_init(|| {
         ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(30))
+            // Generous: admin calls queue behind each other, and Docker is slow.
+            .timeout(Duration::from_secs(180))
             .build()
     })
 }
@@ -242,3 +243,80 @@ pub fn alive(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), None).is_ok()
 }
 pub mod docker;
+
+/// Steady background traffic: `GET /home` from a few threads until stopped (or a
+/// time limit), counting answers that were 200 and those that were not.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `threads` clients against `base`, each stopping after `limit` at most.
+    pub fn start(base: &str, threads: usize, limit: Duration) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let url = format!("{base}/home");
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + limit;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        match request("GET", &url, &[], None) {
+                            Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    /// Requests answered 200 so far.
+    pub fn ok(&self) -> usize {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Requests that failed so far.
+    pub fn failed(&self) -> usize {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `more` requests beyond the current count have succeeded.
+    pub fn wait_for(&self, more: usize, timeout: Duration) {
+        let target = self.ok() + more;
+        poll(&format!("{more} more successful requests"), timeout, || {
+            (self.ok() >= target).then_some(())
+        });
+    }
+
+    /// Stops the clients; returns (succeeded, failed).
+    pub fn stop(mut self) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in std::mem::take(&mut self.threads) {
+            let _ = t.join();
+        }
+        (self.ok(), self.failed())
+    }
+}
+
+/// A loopback port that was free a moment ago, for a service that must come back on
+/// the same address after a restart.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}

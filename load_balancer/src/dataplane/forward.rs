@@ -29,6 +29,8 @@ const POOL_PER_ADDRESS: usize = 128;
 /// keep-alive connections after a few seconds, and a reused dead one costs a retry.
 const POOL_MAX_IDLE: Duration = Duration::from_secs(4);
 const READ_CHUNK: usize = 16 * 1024;
+/// How long an admin call may take, queued behind others included.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Forwarding settings shared by every worker.
 #[derive(Debug, Clone)]
@@ -413,7 +415,14 @@ async fn send_and_read_head(
         Err(CopyError::Sink) => return Err(Failure::Upstream("write of the body failed".into())),
     }
     b.upstream_in.clear();
-    let deadline = tokio::time::Instant::now() + worker.config.response_timeout;
+    // Only replicas name themselves; the admin API's calls are applied one at a
+    // time and may queue behind slow container starts, so they get a longer bound.
+    let timeout = if served_by.is_some() {
+        worker.config.response_timeout
+    } else {
+        ADMIN_TIMEOUT
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
     let client_closes = !info.keep_alive;
     loop {
         let parsed = http1::rewrite_response(
