@@ -39,6 +39,11 @@ pub fn is_admin(method: &str, path: &str) -> bool {
     ADMIN_ROUTES.iter().any(|(m, p)| *m == method && *p == path)
 }
 
+/// Whether an admin call changes the replica set (and so may need its own address).
+pub fn is_mutating(method: &str) -> bool {
+    method != "GET"
+}
+
 /// Registers every route of [`ADMIN_ROUTES`] on an actix `App`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/rep", web::get().to(rep))

@@ -141,10 +141,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         unhealthy_tx,
     ));
 
-    if config.admin_token.is_none() && !config.listen.ip().is_loopback() {
+    let admin_addr = config.admin_listen.unwrap_or(config.listen);
+    if config.admin_token.is_none() && !admin_addr.ip().is_loopback() {
         log::warn!(
-            "listening on {} with no --admin-token: anyone who reaches this port can start and stop replicas",
-            config.listen
+            "the admin API is on {admin_addr} with no --admin-token: anyone who reaches it can start and stop replicas"
         );
     }
     let state = web::Data::new(AppState {
@@ -158,7 +158,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     });
     // The admin API listens on loopback only; clients reach it through the data
     // plane, which relays the admin routes to it.
-    let api_server =
+    let mut api_server =
         HttpServer::new(move || App::new().app_data(state.clone()).configure(api::routes))
             .workers(1)
             .disable_signals()
@@ -169,6 +169,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .first()
         .map(ToString::to_string)
         .ok_or_else(|| std::io::Error::other("the admin API has no address"))?;
+    if let Some(addr) = config.admin_listen {
+        api_server = api_server
+            .bind(addr)
+            .map_err(|source| StartError::Listen { addr, source })?;
+        log::info!("admin API, with /add and /rm, on http://{addr}");
+    }
     let api_server = api_server.run();
     let api_handle = api_server.handle();
     let api_task = actix_web::rt::spawn(api_server);
@@ -189,6 +195,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             max_header_bytes: config.max_header_bytes as usize,
             max_connections: config.max_connections as usize,
             api_address,
+            admin_elsewhere: config.admin_listen.is_some(),
         },
         snapshot,
         metrics,

@@ -165,6 +165,10 @@ pub struct Config {
     #[arg(long, env = "LB_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
 
+    /// Serve `/add` and `/rm` only here (and every admin endpoint), not on `--listen`.
+    #[arg(long, env = "LB_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// When set, `/add` and `/rm` need `Authorization: Bearer TOKEN`.
     #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

@@ -19,6 +19,10 @@ pub enum ApiError {
     /// A mutating endpoint was called without the admin token.
     #[error("Missing or wrong admin token")]
     Unauthorized,
+    /// A mutating endpoint was called on the public address while it is served on
+    /// `--admin-listen`.
+    #[error("{0}")]
+    Forbidden(String),
     /// A replica could not be started; the request was rolled back.
     #[error("{0}")]
     StartFailed(String),
@@ -65,6 +69,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::StartFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,

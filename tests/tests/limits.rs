@@ -157,3 +157,32 @@ fn an_admin_body_over_64_kib_is_refused_with_413() {
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(r.json()["status"], "failure");
 }
+
+#[test]
+fn with_an_admin_address_add_and_rm_move_there_and_reads_stay_public() {
+    let port = e2e::free_port();
+    let admin = format!("127.0.0.1:{port}");
+    let (lb, _b) = balancer(&["--admin-listen", &admin]);
+    let r = lb.send("POST", "/add", Some(r#"{"n": 1}"#));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        r.json()["message"],
+        "<Error> /add is served on the admin address only"
+    );
+    assert_eq!(lb.send("DELETE", "/rm", Some(r#"{"n": 1}"#)).status, 403);
+    assert_eq!(lb.get("/rep").status, 200);
+    assert_eq!(lb.get("/status").status, 200);
+    // The admin address serves the reads too, and the mutations (refused here
+    // only because the static runtime cannot start replicas).
+    let r = e2e::request("GET", &format!("http://{admin}/rep"), &[], None).unwrap();
+    assert_eq!(r.status, 200);
+    let r = e2e::request(
+        "DELETE",
+        &format!("http://{admin}/rm"),
+        &[],
+        Some(br#"{"n": 1}"#),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["message"]["N"], 0);
+}

@@ -49,6 +49,8 @@ pub struct ForwardConfig {
     pub max_connections: usize,
     /// Where the admin API (`/rep`, `/add`, …) listens, on loopback.
     pub api_address: String,
+    /// `--admin-listen` is set: `/add` and `/rm` are refused here, served there.
+    pub admin_elsewhere: bool,
 }
 
 /// What a worker's connections share: settings, the snapshot, the upstream pool.
@@ -146,6 +148,8 @@ enum CopyError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Api,
+    /// A mutating admin call on the public address while `--admin-listen` is set.
+    AdminElsewhere,
     Replicas,
 }
 
@@ -192,6 +196,11 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
                     }
                     Err(Failure::Client | Failure::Midway) => false,
                 }
+            }
+            Route::AdminElsewhere => {
+                let err =
+                    ApiError::Forbidden(format!("{} is served on the admin address only", b.path));
+                reply_error(&mut client, &info, err).await
             }
             Route::Replicas => forward(&worker, &mut client, &mut b, &info).await,
         };
@@ -259,10 +268,12 @@ fn prepare(
         &mut b.request_head,
     )?;
     let path = crate::hashkey::KeySource::path(&req);
-    let route = if api::is_admin(req.method, path) {
-        Route::Api
-    } else {
+    let route = if !api::is_admin(req.method, path) {
         Route::Replicas
+    } else if worker.config.admin_elsewhere && api::is_mutating(req.method) {
+        Route::AdminElsewhere
+    } else {
+        Route::Api
     };
     b.path.clear();
     b.path.push_str(path);
