@@ -88,11 +88,7 @@ async fn add(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
-    let body = read_body(&req, payload).await?;
-    let request = admin::parse(&body, Op::Add)?;
-    state.supervisor.add(request).await?;
-    Ok(rep_body(&state.snapshot.load()))
+    scale(&state, &req, payload, Op::Add).await
 }
 
 async fn remove(
@@ -100,10 +96,23 @@ async fn remove(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
-    let body = read_body(&req, payload).await?;
-    let request = admin::parse(&body, Op::Remove)?;
-    state.supervisor.remove(request).await?;
+    scale(&state, &req, payload, Op::Remove).await
+}
+
+/// `/add` and `/rm`: authorize, read and validate the body, apply it whole.
+async fn scale(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    op: Op,
+) -> Result<HttpResponse, ApiError> {
+    authorize(state, req)?;
+    let body = read_body(req, payload).await?;
+    let request = admin::parse(&body, op)?;
+    match op {
+        Op::Add => state.supervisor.add(request).await?,
+        Op::Remove => state.supervisor.remove(request).await?,
+    }
     Ok(rep_body(&state.snapshot.load()))
 }
 

@@ -320,3 +320,37 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// The balancer with the `process` runtime on a free port, once its replicas (3, or
+/// `--replicas N` in `extra`) are healthy.
+pub fn process_balancer(extra: &[&str]) -> Service {
+    let server = bin("server");
+    let mut args = vec![
+        "--runtime",
+        "process",
+        "--listen",
+        "127.0.0.1:0",
+        "--server-bin",
+        server.to_str().expect("a UTF-8 path"),
+        "--workers",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let replicas = extra
+        .iter()
+        .position(|a| *a == "--replicas")
+        .map_or(3, |i| {
+            extra[i + 1].parse().expect("a number after --replicas")
+        });
+    let lb = Service::start(bin("load_balancer"), &args, &[("RUST_LOG", "warn")]);
+    wait_healthy(&lb, replicas, Duration::from_secs(30));
+    lb
+}
+
+/// Replica `hostname` in `/status` once it is healthy under a handle other than
+/// `old_handle`: replaced, not merely still there.
+pub fn replaced(lb: &Service, hostname: &str, old_handle: &str) -> Option<Value> {
+    replicas(lb)
+        .into_iter()
+        .find(|r| r["hostname"] == hostname && r["state"] == "healthy" && r["handle"] != old_handle)
+}

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e::docker::{docker, Instance};
-use e2e::{bin, free_port, poll, rep_names, replicas, wait_healthy, Load, Service};
+use e2e::{
+    free_port, poll, process_balancer, rep_names, replaced, replicas, wait_healthy, Load, Service,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -27,10 +29,8 @@ fn kill_and_wait(lb: &Service, hostname: &str, n: usize, kill_it: impl FnOnce(&s
     kill_it(&before);
     poll(&format!("{hostname} to be replaced"), RECOVERY, || {
         let all = replicas(lb);
-        let back = all.iter().any(|r| {
-            r["hostname"] == hostname && r["state"] == "healthy" && r["handle"] != before.as_str()
-        });
-        (back && all.len() == n && all.iter().all(|r| r["state"] == "healthy")).then_some(())
+        let settled = all.len() == n && all.iter().all(|r| r["state"] == "healthy");
+        (settled && replaced(lb, hostname, &before).is_some()).then_some(())
     });
     killed.elapsed()
 }
@@ -45,20 +45,7 @@ fn summary(what: &str, ok: usize, failed: usize, recoveries: &[Duration]) {
 
 #[test]
 fn killing_a_process_replica_every_few_seconds_loses_no_request() {
-    let server = bin("server");
-    let lb = Arc::new(Service::start(
-        bin("load_balancer"),
-        &[
-            "--runtime",
-            "process",
-            "--listen",
-            "127.0.0.1:0",
-            "--server-bin",
-            server.to_str().unwrap(),
-        ],
-        &[("RUST_LOG", "warn")],
-    ));
-    wait_healthy(&lb, 3, BOOT);
+    let lb = process_balancer(&[]);
     let load = Load::start(&lb.base, 4, Duration::from_secs(120));
     load.wait_for(100, Duration::from_secs(20));
     let mut recoveries = Vec::new();

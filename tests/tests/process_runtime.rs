@@ -1,37 +1,18 @@
 //! The real `load_balancer` binary with the `process` runtime: real `server` children.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::{alive, bin, poll, rep_names, replicas, wait_healthy, Service};
+use e2e::{
+    alive, poll, process_balancer, rep_names, replaced, replicas, wait_healthy, Load, Service,
+};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 const BOOT: Duration = Duration::from_secs(30);
 
 fn balancer(extra: &[&str]) -> Service {
-    let server = bin("server");
-    let mut args = vec![
-        "--runtime",
-        "process",
-        "--listen",
-        "127.0.0.1:0",
-        "--server-bin",
-        server.to_str().unwrap(),
-        "--workers",
-        "2",
-    ];
-    args.extend_from_slice(extra);
-    let lb = Service::start(bin("load_balancer"), &args, &[("RUST_LOG", "warn")]);
-    wait_healthy(&lb, count_replicas(extra), BOOT);
-    lb
-}
-
-fn count_replicas(args: &[&str]) -> usize {
-    args.iter()
-        .position(|a| *a == "--replicas")
-        .map_or(3, |i| args[i + 1].parse().unwrap())
+    process_balancer(extra)
 }
 
 fn pids(lb: &Service) -> Vec<u32> {
@@ -271,55 +252,34 @@ fn the_same_key_always_reaches_the_same_replica() {
 
 #[test]
 fn a_killed_replica_is_replaced_under_the_same_name_while_traffic_keeps_flowing() {
-    let lb = Arc::new(balancer(&[]));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (lb, stop, ok, failed) = (lb.clone(), stop.clone(), ok.clone(), failed.clone());
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match lb.try_send("GET", "/home", &[], None) {
-                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
-    poll("traffic to flow", Duration::from_secs(10), || {
-        (ok.load(Ordering::Relaxed) > 20).then_some(())
-    });
+    let lb = balancer(&[]);
+    let load = Load::start(&lb.base, 1, Duration::from_secs(60));
+    load.wait_for(20, Duration::from_secs(10));
     let victim = replicas(&lb)[1].clone();
-    let old_pid: u32 = victim["handle"].as_str().unwrap().parse().unwrap();
+    let (name, handle) = (
+        victim["hostname"].as_str().unwrap(),
+        victim["handle"].as_str().unwrap(),
+    );
     let killed_at = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old_pid as i32), Signal::SIGKILL).unwrap();
-    let replaced = poll(
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(handle.parse().unwrap()),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    let back = poll(
         "the replacement to be healthy",
         Duration::from_secs(15),
-        || {
-            let r = replicas(&lb);
-            let v = r
-                .iter()
-                .find(|r| r["hostname"] == victim["hostname"])?
-                .clone();
-            (v["state"] == "healthy" && v["handle"] != victim["handle"]).then_some(v)
-        },
+        || replaced(&lb, name, handle),
     );
-    let took = killed_at.elapsed();
-    eprintln!("kill-to-healthy (process runtime): {took:?}");
-    assert_eq!(replaced["id"], victim["id"]);
-    assert_eq!(replaced["restarts"], 1);
-    let served_before = ok.load(Ordering::Relaxed);
-    poll("traffic after the respawn", Duration::from_secs(10), || {
-        (ok.load(Ordering::Relaxed) > served_before + 20).then_some(())
-    });
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during the kill"
+    eprintln!(
+        "kill-to-healthy (process runtime): {:?}",
+        killed_at.elapsed()
     );
+    assert_eq!(back["id"], victim["id"]);
+    assert_eq!(back["restarts"], 1);
+    load.wait_for(20, Duration::from_secs(10));
+    let (_, failed) = load.stop();
+    assert_eq!(failed, 0, "requests failed during the kill");
     assert_eq!(rep_names(&lb), ["Server1", "Server2", "Server3"]);
 }
 
@@ -332,20 +292,17 @@ fn a_hung_replica_is_detected_by_heartbeats_and_replaced() {
         "200ms",
     ]);
     let victim = replicas(&lb)[0].clone();
-    let pid: i32 = victim["handle"].as_str().unwrap().parse().unwrap();
+    let (name, handle) = (
+        victim["hostname"].as_str().unwrap(),
+        victim["handle"].as_str().unwrap(),
+    );
+    let pid: i32 = handle.parse().unwrap();
     let stopped_at = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
     poll(
         "the hung replica to be replaced",
         Duration::from_secs(15),
-        || {
-            let r = replicas(&lb);
-            let v = r
-                .iter()
-                .find(|r| r["hostname"] == victim["hostname"])?
-                .clone();
-            (v["state"] == "healthy" && v["handle"] != victim["handle"]).then_some(())
-        },
+        || replaced(&lb, name, handle),
     );
     eprintln!("SIGSTOP-to-healthy: {:?}", stopped_at.elapsed());
     assert!(!alive(pid as u32), "the hung process was left running");
