@@ -257,7 +257,11 @@ impl Supervisor {
             Vec::new()
         });
         for running in found {
+            // Ids are handed out smallest-first, so a live one is never above the
+            // ring's capacity; a larger label was not written by us, and tables are
+            // indexed by id.
             let clash = running.id == 0
+                || running.id as usize > self.ring.geometry().capacity()
                 || self.replicas.contains_key(&running.id)
                 || self
                     .replicas
