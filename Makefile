@@ -56,3 +56,8 @@ bench:
 
 clean:
 	$(CARGO) clean
+
+## fuzz: bounded fuzzing of admin bodies, ring operations and HTTP/1 framing (FUZZ_SECONDS each, default 60)
+.PHONY: fuzz
+fuzz:
+	bash scripts/fuzz.sh

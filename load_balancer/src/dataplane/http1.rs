@@ -128,15 +128,26 @@ fn lists(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// Whether `Connection` names header `name` as one to drop. Never the framing headers:
+/// the body is forwarded as framed, so "Connection: content-length" must not leave it
+/// unframed for the next hop.
+fn connection_option(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    !name.eq_ignore_ascii_case("content-length")
+        && !name.eq_ignore_ascii_case("transfer-encoding")
+        && lists(headers, "connection", name)
+}
+
 fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, HeadError> {
     let mut found = None;
     for h in headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
     {
-        let v = std::str::from_utf8(h.value)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
+        // Digits only (RFC 9112, 6.2): `parse` would also take "+5".
+        let digits = h.value.trim_ascii();
+        let v = Some(digits)
+            .filter(|d| !d.is_empty() && d.iter().all(u8::is_ascii_digit))
+            .and_then(|d| std::str::from_utf8(d).ok()?.parse::<u64>().ok())
             .ok_or(HeadError::Malformed("bad content-length"))?;
         // Two different lengths is how requests are smuggled past proxies.
         if found.is_some_and(|f| f != v) {
@@ -148,14 +159,21 @@ fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, HeadE
 }
 
 fn is_chunked(headers: &[httparse::Header<'_>]) -> Result<bool, HeadError> {
-    let Some(te) = header(headers, "transfer-encoding") else {
+    // Every `Transfer-Encoding` line counts, as one list (RFC 9110, 5.3): the final
+    // coding is the last element of the last line, not of the first, or a proxy and
+    // its upstream could frame one body two ways.
+    let mut lines = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .peekable();
+    if lines.peek().is_none() {
         return Ok(false);
-    };
-    let last = te
-        .split(|b| *b == b',')
-        .next_back()
-        .unwrap_or(b"")
-        .trim_ascii();
+    }
+    let last = lines
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .rfind(|t| !t.is_empty())
+        .unwrap_or(b"");
     if last.eq_ignore_ascii_case(b"chunked") {
         Ok(true)
     } else {
@@ -259,7 +277,7 @@ pub fn rewrite_request(
         let dropped = HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || name.eq_ignore_ascii_case("x-forwarded-host")
-            || (has_connection && lists(req.headers, "connection", name));
+            || (has_connection && connection_option(req.headers, name));
         if dropped {
             continue;
         }
@@ -351,9 +369,13 @@ pub fn rewrite_response(
     out.extend_from_slice(b"\r\n");
     for h in headers {
         let name = h.name;
-        // Chunked framing is passed through as it is, so its header stays.
+        // Chunked framing is passed through as it is, so its header stays; a length
+        // beside it must go (RFC 9112, 6.3), or the client could read by the length.
         if HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
-            || (has_connection && lists(headers, "connection", name))
+            || (has_connection && connection_option(headers, name))
+            || (framing == Framing::Chunked && name.eq_ignore_ascii_case("content-length"))
+            // Ours is the one that says who served it.
+            || (served_by.is_some() && name.eq_ignore_ascii_case("x-served-by"))
         {
             continue;
         }
@@ -558,6 +580,62 @@ mod tests {
     }
 
     #[test]
+    fn the_last_transfer_encoding_line_decides_whether_a_body_is_chunked() {
+        // Found by `make fuzz` (http1): only the first line was read, so this body was
+        // taken as chunked while the replica, reading "chunked, gzip", would not.
+        assert!(rewrite(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n"
+        )
+        .is_err());
+        let (info, _) = rewrite(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(info.framing, Framing::Chunked);
+        let mut out = Vec::new();
+        let raw =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n";
+        assert!(rewrite_response(raw, false, None, false, &mut out).is_err());
+    }
+
+    #[test]
+    fn a_content_length_with_a_plus_sign_is_refused() {
+        // Found by `make fuzz` (http1): `u64::from_str` took "+5" as 5, where RFC 9112
+        // allows digits only, so a replica could read the length differently.
+        assert!(rewrite("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n").is_err());
+        let mut out = Vec::new();
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok";
+        assert!(rewrite_response(raw, false, None, false, &mut out).is_err());
+        assert!(rewrite("POST / HTTP/1.1\r\nContent-Length: 05\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn a_connection_header_cannot_strip_the_framing_of_a_forwarded_body() {
+        // Seen with the `make fuzz` (http1) checks: "Connection: Content-Length"
+        // dropped the length but not the body, which the replica would then read as
+        // the start of the next request on the pooled connection.
+        let (info, head) = rewrite(
+            "POST / HTTP/1.1\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .unwrap();
+        assert_eq!(info.framing, Framing::Length(5));
+        assert!(head.contains("Content-Length: 5\r\n"), "{head}");
+        let (info, head) = rewrite(
+            "POST / HTTP/1.1\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(info.framing, Framing::Chunked);
+        assert!(head.contains("Transfer-Encoding: chunked\r\n"), "{head}");
+        let mut out = Vec::new();
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n";
+        rewrite_response(raw, false, None, false, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn http10_and_connection_close_end_the_client_connection() {
         let (info, head) = rewrite("GET / HTTP/1.0\r\n\r\n").unwrap();
         assert!(info.http10 && !info.keep_alive);
@@ -580,6 +658,32 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\nx-served-by: Server2\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_chunked_response_loses_its_content_length_on_the_way_to_the_client() {
+        // Found by `make fuzz` (http1): both headers were passed on, and a client that
+        // reads by the length would take the chunk framing as the body.
+        let mut out = Vec::new();
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let info = rewrite_response(raw, false, None, false, &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.framing, Framing::Chunked);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_replica_cannot_claim_to_be_another_in_x_served_by() {
+        let mut out = Vec::new();
+        let raw = b"HTTP/1.1 200 OK\r\nX-Served-By: Server9\r\nContent-Length: 0\r\n\r\n";
+        rewrite_response(raw, false, Some("Server2"), false, &mut out).unwrap();
+        let head = String::from_utf8(out).unwrap();
+        assert!(!head.contains("Server9"), "{head}");
+        assert!(head.contains("x-served-by: Server2\r\n"), "{head}");
     }
 
     #[test]

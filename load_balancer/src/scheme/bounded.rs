@@ -8,6 +8,8 @@
 //! ([`crate::snapshot::Routing::candidates`]); in simulation it is the count of keys
 //! assigned so far ([`assign`]).
 
+use std::collections::HashMap;
+
 use crate::ring::{ServerId, Table};
 
 /// The balance factor `c`, at least 1.
@@ -44,12 +46,14 @@ impl Bound {
 /// owner of each key, in order.
 pub fn assign(table: &Table, bound: Bound, keys: impl IntoIterator<Item = u64>) -> Vec<ServerId> {
     let servers = table.servers();
-    let mut load: Vec<usize> = Vec::new();
+    // By id in a map, not a vector indexed by id: ids may be as large as `u32::MAX`.
+    let mut load: HashMap<ServerId, usize> = HashMap::new();
     let mut owners = Vec::new();
     // `total`: keys placed so far.
     for (total, key) in keys.into_iter().enumerate() {
         let cap = bound.cap(total, servers);
-        let count = |id: ServerId, load: &Vec<usize>| load.get(id as usize).copied().unwrap_or(0);
+        let count =
+            |id: ServerId, load: &HashMap<ServerId, usize>| load.get(&id).copied().unwrap_or(0);
         let Some(owner) = table
             .candidates(key)
             .find(|id| count(*id, &load) < cap)
@@ -57,10 +61,7 @@ pub fn assign(table: &Table, bound: Bound, keys: impl IntoIterator<Item = u64>) 
         else {
             break;
         };
-        if load.len() <= owner as usize {
-            load.resize(owner as usize + 1, 0);
-        }
-        load[owner as usize] += 1;
+        *load.entry(owner).or_default() += 1;
         owners.push(owner);
     }
     owners
@@ -86,6 +87,18 @@ mod tests {
         assert_eq!(b.cap(0, 3), 1); // 1.25 × 1 / 3 = 0.42 -> 1
         assert_eq!(b.cap(11, 3), 5); // 1.25 × 12 / 3 = 5
         assert_eq!(b.cap(12, 3), 6); // 1.25 × 13 / 3 = 5.42 -> 6
+    }
+
+    #[test]
+    fn a_server_with_the_largest_id_costs_no_more_memory_than_server_one() {
+        // Seen in `make fuzz` (ring_ops): loads were a vector indexed by id, so a run
+        // with id 65,280,000 took 528 MB, and id 4,294,967,295 would need 32 GiB.
+        let mut ring = Ring::new(Geometry::DEFAULT, by_name("mixed").unwrap());
+        ring.add(1).unwrap();
+        ring.add(u32::MAX).unwrap();
+        let owners = assign(&ring.table(|_| true), Bound::new(1.0).unwrap(), 0..100);
+        assert_eq!(owners.len(), 100);
+        assert_eq!(owners.iter().filter(|o| **o == u32::MAX).count(), 50);
     }
 
     fn table(scheme: &str, n: u32) -> Table {
