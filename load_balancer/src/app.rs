@@ -135,7 +135,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         prober,
         HeartbeatConfig {
             interval: config.heartbeat_interval,
-            timeout: config.heartbeat_timeout,
             failures: config.heartbeat_failures,
         },
         unhealthy_tx,

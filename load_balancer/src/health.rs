@@ -19,8 +19,6 @@ use crate::snapshot::{ReplicaState, SharedSnapshot};
 pub struct HeartbeatConfig {
     /// Time between two probes of a replica.
     pub interval: Duration,
-    /// How long a probe may take before it counts as failed.
-    pub timeout: Duration,
     /// Failed probes in a row that take a replica out.
     pub failures: u32,
 }

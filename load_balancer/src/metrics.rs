@@ -118,13 +118,7 @@ impl Metrics {
 
     /// The text exposition, with the gauges read from `snap`.
     pub fn render(&self, snap: &Snapshot) -> String {
-        let in_flight: usize = snap
-            .replicas
-            .iter()
-            .filter_map(|r| snap.routing.backend(r.id))
-            .map(|b| b.in_flight.load(std::sync::atomic::Ordering::Relaxed))
-            .sum();
-        self.in_flight.set(in_flight as i64);
+        self.in_flight.set(snap.routing.in_flight() as i64);
         for (state, name) in [
             (ReplicaState::Starting, "starting"),
             (ReplicaState::Healthy, "healthy"),
