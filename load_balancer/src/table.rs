@@ -32,6 +32,9 @@ enum Selector {
         /// The owners of the occupied slots, in slot order.
         entries: Vec<ServerId>,
         servers: usize,
+        /// For a scheme with a power-of-two request period P: `r mod P` -> index in
+        /// `entries` of the first candidate, so a lookup needs no hashing at all.
+        by_residue: Option<Vec<u32>>,
     },
     Maglev {
         /// Maglev's lookup table, of prime size.
@@ -69,6 +72,14 @@ impl Table {
             }
         }
         let servers = distinct(&entries).len();
+        let by_residue = scheme
+            .request_period(slots)
+            .filter(|p| p.is_power_of_two() && *p <= MAX_RESIDUES)
+            .map(|p| {
+                (0..p as u64)
+                    .map(|r| first[scheme.request_slot(r, slots)])
+                    .collect()
+            });
         Table {
             scheme,
             slots,
@@ -77,6 +88,7 @@ impl Table {
                 first,
                 entries,
                 servers,
+                by_residue,
             },
         }
     }
@@ -149,8 +161,15 @@ impl Table {
     /// the first occupied slot at or after its hash, then each next distinct owner
     /// clockwise; with Maglev the owner of its entry, then the next distinct owners
     /// in the table; with rendezvous, by decreasing weight.
+    #[inline]
     pub fn candidates(&self, request_id: u64) -> Candidates<'_> {
         match &self.selector {
+            Selector::Ring {
+                by_residue: Some(starts),
+                entries,
+                servers,
+                ..
+            } => Candidates::walk(entries, residue_start(starts, request_id), *servers),
             Selector::Ring { .. } => self.candidates_from_slot(self.slot_of(request_id)),
             Selector::Maglev { entries, servers } => Candidates::walk(
                 entries,
@@ -165,8 +184,14 @@ impl Table {
     }
 
     /// The first candidate alone: on the ring two loads, no iterator.
+    #[inline]
     pub fn owner(&self, request_id: u64) -> Option<ServerId> {
         match &self.selector {
+            Selector::Ring {
+                by_residue: Some(starts),
+                entries,
+                ..
+            } => entries.get(residue_start(starts, request_id)).copied(),
             Selector::Ring { first, entries, .. } => {
                 let slot = self.slot_of(request_id);
                 entries.get(*first.get(slot)? as usize).copied()
@@ -183,6 +208,7 @@ impl Table {
                 first,
                 entries,
                 servers,
+                ..
             } => {
                 let start = if entries.is_empty() {
                     0
@@ -201,6 +227,16 @@ impl Table {
             }
         }
     }
+}
+
+/// The largest request period a ring table precomputes (a `u32` per residue).
+const MAX_RESIDUES: usize = 1 << 16;
+
+/// The first-candidate index for `request_id` from a power-of-two residue table.
+#[inline]
+fn residue_start(starts: &[u32], request_id: u64) -> usize {
+    let mask = starts.len() as u64 - 1;
+    starts[(request_id & mask) as usize] as usize
 }
 
 /// The distinct values of `ids`, sorted.
@@ -365,6 +401,19 @@ mod tests {
             let mut got: Vec<_> = t.candidates(key).collect();
             got.sort_unstable();
             prop_assert_eq!(&got[..], &ids[1..]);
+        }
+
+        #[test]
+        fn a_precomputed_residue_lookup_agrees_with_hashing_the_request(
+            ids in proptest::collection::btree_set(1u32..56, 1..20),
+            key in any::<u64>(),
+        ) {
+            let ids: Vec<_> = ids.into_iter().collect();
+            let t = table("quadratic", &ids, |id| id % 3 != 0);
+            let by_lookup: Vec<_> = t.candidates(key).collect();
+            let by_hash: Vec<_> = t.candidates_from_slot(t.slot_of(key)).collect();
+            prop_assert_eq!(t.owner(key), by_hash.first().copied());
+            prop_assert_eq!(by_lookup, by_hash);
         }
 
         #[test]

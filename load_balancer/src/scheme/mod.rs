@@ -44,6 +44,12 @@ pub trait HashScheme: Send + Sync + std::fmt::Debug {
     fn virtual_node_slot(&self, server_id: u32, j: u32, m: usize) -> usize;
     /// The slot of request id `request_id`, in `0..m`.
     fn request_slot(&self, request_id: u64, m: usize) -> usize;
+    /// `Some(p)` when `request_slot(r, m)` depends on `r mod p` only. A table then
+    /// precomputes the owner of each residue, so a lookup is a mask and two loads
+    /// instead of a call through the trait object.
+    fn request_period(&self, _m: usize) -> Option<usize> {
+        None
+    }
     /// The lookup structure the ring builds for this scheme.
     fn selector(&self) -> SelectorKind {
         SelectorKind::Ring

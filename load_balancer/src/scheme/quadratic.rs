@@ -33,6 +33,12 @@ impl HashScheme for Quadratic {
         let r = request_id % m;
         ((r * r % m + 2 * r % m + 17 % m) % m) as usize
     }
+
+    fn request_period(&self, m: usize) -> Option<usize> {
+        // H reduces r mod M before anything else: the weakness the analysis measures,
+        // and what lets the table answer by lookup.
+        Some(m)
+    }
 }
 
 #[cfg(test)]
@@ -46,6 +52,15 @@ mod tests {
             let m = 1u64 << bits;
             let reference = ((u128::from(r % m).pow(2) + 2 * u128::from(r % m) + 17) % u128::from(m)) as usize;
             prop_assert_eq!(Quadratic.request_slot(r, m as usize), reference);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_request_slot_repeats_with_the_declared_period(r in any::<u64>(), m in 1usize..5000) {
+            let p = Quadratic.request_period(m).unwrap() as u64;
+            prop_assert_eq!(Quadratic.request_slot(r, m), Quadratic.request_slot(r % p, m));
+            prop_assert_eq!(Quadratic.request_slot(r, m), Quadratic.request_slot(r % p + p * (r % 7), m));
         }
     }
 
