@@ -14,8 +14,8 @@ use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
 use load_balancer::dataplane::http1::{
-    self, parse_request, rewrite_request, rewrite_response, Chunked, Framing, HeadError, MAX_HEAD,
-    MAX_HEADERS,
+    self, parse_request, rewrite_request, rewrite_response, Chunked, Framing, HeadError, Peer,
+    MAX_HEAD, MAX_HEADERS,
 };
 use load_balancer::hashkey::HashKey;
 
@@ -125,7 +125,7 @@ fn check_request(data: &[u8], split: usize, flags: u8) {
         _ => HashKey::ClientIp,
     };
     let mut out = Vec::new();
-    let result = rewrite_request(&req, peer, &key, &mut out);
+    let result = rewrite_request(&req, &Peer::new(peer), &key, &mut out);
     let reference = reference_request_framing(req.headers, req.minor == 0);
     let info = match result {
         Ok(info) => info,

@@ -105,6 +105,49 @@ fn a_client_that_trickles_its_head_is_cut_off() {
 }
 
 #[test]
+fn a_client_that_keeps_trickling_bytes_is_cut_off_all_the_same() {
+    // The header timeout runs from a head's first byte: a byte now and then must not
+    // keep extending it (slowloris).
+    let (lb, _b) = balancer(&["--header-timeout", "500ms"]);
+    let mut s = connect(&lb);
+    let mut writer = s.try_clone().unwrap();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let _ = writer.write_all(b"GET /home HTTP/1.1\r\nX-Slow: ");
+        while started.elapsed() < Duration::from_secs(6) {
+            if writer.write_all(b"a").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    assert!(closed(&mut s), "the connection stayed open");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "closed only after {took:?}");
+}
+
+#[test]
+fn a_busy_connection_outlives_its_idle_timeout_and_closes_once_idle() {
+    let (lb, _b) = balancer(&["--idle-timeout", "1500ms"]);
+    let mut s = connect(&lb);
+    let started = Instant::now();
+    let mut served = 0;
+    while started.elapsed() < Duration::from_millis(3500) {
+        s.write_all(b"GET /home HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let reply = read_response(&mut s).expect("an answer on the same connection");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        served += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(served >= 5, "only {served} requests");
+    let idle_since = Instant::now();
+    assert!(closed(&mut s), "the idle connection stayed open");
+    let took = idle_since.elapsed();
+    assert!(took >= Duration::from_millis(1000), "closed early, after {took:?}");
+}
+
+#[test]
 fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let (lb, _b) = balancer(&["--idle-timeout", "300ms"]);
     let mut s = connect(&lb);

@@ -6,17 +6,19 @@
 //! threads but the routing snapshot and atomic counters.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
-use super::http1::{self, Chunked, Framing, HeadError, RequestInfo, MAX_HEADERS};
+use super::http1::{self, Chunked, Framing, HeadError, Peer, RequestInfo, MAX_HEADERS};
 use crate::api;
 use crate::error::ApiError;
 use crate::hashkey::HashKey;
@@ -59,7 +61,30 @@ pub struct Worker {
     pub snapshot: SharedSnapshot,
     pub metrics: std::sync::Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
-    pool: RefCell<HashMap<String, Vec<(TcpStream, Instant)>>>,
+    /// Idle upstream connections, indexed by [`PoolSlot`].
+    pool: RefCell<Vec<Idle>>,
+}
+
+/// Idle connections to one address.
+#[derive(Default)]
+struct Idle {
+    address: String,
+    /// Each with the time it was last used.
+    conns: Vec<(TcpStream, Instant)>,
+}
+
+/// Where an upstream's idle connections are kept: the admin API in slot 0, replica
+/// `id` in slot `id + 1`. Ids are small (bounded by the ring's capacity), so a
+/// vector indexed by id replaces hashing an address twice per request.
+#[derive(Debug, Clone, Copy)]
+struct PoolSlot(usize);
+
+impl PoolSlot {
+    const API: PoolSlot = PoolSlot(0);
+
+    fn replica(id: crate::ring::ServerId) -> PoolSlot {
+        PoolSlot(id as usize + 1)
+    }
 }
 
 impl Worker {
@@ -75,15 +100,28 @@ impl Worker {
             snapshot,
             metrics,
             shutdown,
-            pool: RefCell::new(HashMap::new()),
+            pool: RefCell::new(Vec::new()),
         }
     }
 
-    fn checkout(&self, address: &str, check_alive: bool) -> Option<TcpStream> {
+    /// An idle connection to `address` last used less than [`POOL_MAX_IDLE`] before
+    /// `now`, if one is kept.
+    fn checkout(
+        &self,
+        slot: PoolSlot,
+        address: &str,
+        now: Instant,
+        check_alive: bool,
+    ) -> Option<TcpStream> {
         let mut pool = self.pool.borrow_mut();
-        let idle = pool.get_mut(address)?;
-        while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() > POOL_MAX_IDLE {
+        let idle = pool.get_mut(slot.0)?;
+        if idle.address != address {
+            // A replica respawned under the same id listens elsewhere now.
+            idle.conns.clear();
+            return None;
+        }
+        while let Some((conn, since)) = idle.conns.pop() {
+            if now.saturating_duration_since(since) > POOL_MAX_IDLE {
                 continue;
             }
             // A request that cannot be retried gets a connection known to be open:
@@ -100,26 +138,83 @@ impl Worker {
         None
     }
 
-    fn checkin(&self, address: &str, conn: TcpStream) {
+    /// Keeps `conn` for the next request to `address`, stamped `used` (when the
+    /// request began: older than the truth, so a stale connection is dropped early
+    /// rather than reused late).
+    fn checkin(&self, slot: PoolSlot, address: &str, conn: TcpStream, used: Instant) {
         let mut pool = self.pool.borrow_mut();
-        // Look up before inserting: `entry` would allocate the key on every call.
-        match pool.get_mut(address) {
-            Some(idle) if idle.len() >= POOL_PER_ADDRESS => {}
-            Some(idle) => idle.push((conn, Instant::now())),
-            None => {
-                pool.insert(address.to_string(), vec![(conn, Instant::now())]);
+        if pool.len() <= slot.0 {
+            pool.resize_with(slot.0 + 1, Idle::default);
+        }
+        let idle = &mut pool[slot.0];
+        if idle.address != address {
+            idle.conns.clear();
+            idle.address.clear();
+            idle.address.push_str(address);
+        }
+        if idle.conns.len() < POOL_PER_ADDRESS {
+            idle.conns.push((conn, used));
+        }
+    }
+}
+
+/// A timer armed lazily. Each request moves a connection's deadlines later; doing
+/// that on the timer wheel for every request costs more than the rest of the
+/// routing, so a later deadline is only recorded, and the timer, when it fires
+/// early, re-arms itself for it. An earlier deadline re-arms at once.
+struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    due: Instant,
+}
+
+impl Deadline {
+    fn new(due: Instant) -> Self {
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(due)),
+            due,
+        }
+    }
+
+    fn set(&mut self, due: Instant) {
+        if due < self.sleep.deadline() {
+            self.sleep.as_mut().reset(due);
+        }
+        self.due = due;
+    }
+
+    /// Runs `work` to completion (`Some`), or until the deadline passes (`None`).
+    async fn run<F: Future>(&mut self, work: F) -> Option<F::Output> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return Some(out),
+                _ = self.sleep.as_mut() => {
+                    // Fired at its own deadline: past ours unless ours moved later.
+                    if self.sleep.deadline() >= self.due {
+                        return None;
+                    }
+                    let due = self.due;
+                    self.sleep.as_mut().reset(due);
+                }
             }
         }
     }
 }
 
-/// Buffers reused across the requests of one client connection.
+/// Buffers and timers reused across the requests of one client connection.
 struct Buffers {
     client_in: BytesMut,
     upstream_in: BytesMut,
     request_head: Vec<u8>,
     response_head: Vec<u8>,
     path: String,
+    /// The idle or header deadline while a request head is awaited.
+    client_deadline: Deadline,
+    /// The response deadline while a response head is awaited.
+    upstream_deadline: Deadline,
+    /// When the current request's head was complete.
+    started: Instant,
 }
 
 /// Why an exchange with one upstream ended without a response.
@@ -157,15 +252,21 @@ enum Route {
 pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
     let mut shutdown = worker.shutdown.clone();
+    let peer = Peer::new(peer.ip());
+    let now = Instant::now();
     let mut b = Buffers {
         client_in: BytesMut::with_capacity(READ_CHUNK),
         upstream_in: BytesMut::with_capacity(READ_CHUNK),
         request_head: Vec::with_capacity(1024),
         response_head: Vec::with_capacity(1024),
         path: String::new(),
+        client_deadline: Deadline::new(now + worker.config.idle_timeout),
+        upstream_deadline: Deadline::new(now + worker.config.response_timeout),
+        started: now,
     };
     loop {
-        let (info, route) = match read_head(&worker, &mut client, peer, &mut b, &mut shutdown).await
+        let (info, route) = match read_head(&worker, &mut client, &peer, &mut b, &mut shutdown)
+            .await
         {
             Ok(Some(x)) => x,
             Ok(None) => return,
@@ -181,7 +282,17 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
         let keep_alive = match route {
             Route::Api => {
                 let api = worker.config.api_address.clone();
-                match exchange(&worker, &mut client, &mut b, &info, &api, None).await {
+                match exchange(
+                    &worker,
+                    &mut client,
+                    &mut b,
+                    &info,
+                    PoolSlot::API,
+                    &api,
+                    None,
+                )
+                .await
+                {
                     Ok((_, reusable_client)) => reusable_client,
                     Err(Failure::Upstream(e) | Failure::Connect(e)) => {
                         reply_error(
@@ -215,30 +326,34 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
 async fn read_head(
     worker: &Worker,
     client: &mut TcpStream,
-    peer: SocketAddr,
+    peer: &Peer,
     b: &mut Buffers,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<(RequestInfo, Route)>, HeadError> {
+    // Between requests the wait is the keep-alive idle time; inside a head, the
+    // header timeout from its first bytes.
+    let mut in_head = false;
+    b.client_deadline
+        .set(Instant::now() + worker.config.idle_timeout);
     loop {
         if !b.client_in.is_empty() {
             if let Some(found) = prepare(worker, peer, b)? {
+                b.started = Instant::now();
                 return Ok(Some(found));
             }
+            if !in_head {
+                in_head = true;
+                b.client_deadline
+                    .set(Instant::now() + worker.config.header_timeout);
+            }
         }
-        // Between requests the wait is the keep-alive idle time; inside a head, the
-        // header timeout.
-        let limit = if b.client_in.is_empty() {
-            worker.config.idle_timeout
-        } else {
-            worker.config.header_timeout
-        };
         b.client_in.reserve(READ_CHUNK);
         let read = tokio::select! {
-            r = tokio::time::timeout(limit, client.read_buf(&mut b.client_in)) => r,
+            r = b.client_deadline.run(client.read_buf(&mut b.client_in)) => r,
             _ = shutdown.changed() => return Ok(None),
         };
         match read {
-            Ok(Ok(n)) if n > 0 => {}
+            Some(Ok(n)) if n > 0 => {}
             _ => return Ok(None),
         }
     }
@@ -246,7 +361,7 @@ async fn read_head(
 
 fn prepare(
     worker: &Worker,
-    peer: SocketAddr,
+    peer: &Peer,
     b: &mut Buffers,
 ) -> Result<Option<(RequestInfo, Route)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -261,12 +376,7 @@ fn prepare(
     if req.head_len > max {
         return Err(HeadError::TooLarge);
     }
-    let info = http1::rewrite_request(
-        &req,
-        peer.ip(),
-        &worker.config.hash_key,
-        &mut b.request_head,
-    )?;
+    let info = http1::rewrite_request(&req, peer, &worker.config.hash_key, &mut b.request_head)?;
     let path = crate::hashkey::KeySource::path(&req);
     let route = if !api::is_admin(req.method, path) {
         Route::Replicas
@@ -295,8 +405,7 @@ async fn forward(
         return reply_error(client, info, err).await;
     }
     let metrics = &worker.metrics;
-    let started = Instant::now();
-    let mut last_error = String::from("no candidate");
+    let mut last_error = None;
     for (attempt, backend) in snap.routing.candidates(info.request_id).enumerate() {
         if attempt > 0 {
             metrics.retries.inc();
@@ -307,13 +416,14 @@ async fn forward(
             client,
             b,
             info,
+            PoolSlot::replica(backend.id),
             &backend.address,
             Some(&backend.hostname),
         )
         .await
         {
             Ok((status, keep_alive)) => {
-                metrics.latency.observe(started.elapsed().as_secs_f64());
+                metrics.latency.observe(b.started.elapsed().as_secs_f64());
                 backend.counters.response(status);
                 backend.clear_failures();
                 if status == 404 {
@@ -334,7 +444,7 @@ async fn forward(
                     log::warn!("{} ejected after failed requests", backend.hostname);
                 }
                 log::debug!("{} failed: {e}", backend.hostname);
-                last_error = format!("{}: {e}", backend.hostname);
+                last_error = Some(format!("{}: {e}", backend.hostname));
                 if sent && !info.retryable {
                     break;
                 }
@@ -346,6 +456,7 @@ async fn forward(
             Err(Failure::Client | Failure::Midway) => return false,
         }
     }
+    let last_error = last_error.unwrap_or_else(|| "no candidate".into());
     reply_error(client, info, ApiError::BadGateway(last_error)).await
 }
 
@@ -366,17 +477,19 @@ async fn reply_error(client: &mut TcpStream, info: &RequestInfo, err: ApiError) 
 /// One request and its response over one upstream connection. A 404 from a replica
 /// is not relayed (the caller answers it); everything else is. Returns the status
 /// and whether the client connection stays open.
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     worker: &Worker,
     client: &mut TcpStream,
     b: &mut Buffers,
     info: &RequestInfo,
+    slot: PoolSlot,
     address: &str,
     served_by: Option<&str>,
 ) -> Result<(u16, bool), Failure> {
     // A pooled connection may have been closed by the server since; a request that
     // can be sent again is retried once on a fresh connection when that happens.
-    let mut pooled = worker.checkout(address, !info.retryable);
+    let mut pooled = worker.checkout(slot, address, b.started, !info.retryable);
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
@@ -385,7 +498,10 @@ async fn exchange(
         };
         match send_and_read_head(worker, client, &mut upstream, b, info, served_by).await {
             Ok(res) => {
-                return relay(worker, client, upstream, b, info, address, res, served_by).await
+                return relay(
+                    worker, client, upstream, b, info, slot, address, res, served_by,
+                )
+                .await
             }
             Err(Failure::Upstream(_)) if reused && info.retryable => continue,
             Err(f) => return Err(f),
@@ -433,7 +549,13 @@ async fn send_and_read_head(
     } else {
         ADMIN_TIMEOUT
     };
-    let deadline = tokio::time::Instant::now() + timeout;
+    // Sending a body can take long; the answer is awaited from when it was sent.
+    let sent = if info.framing == Framing::Empty {
+        b.started
+    } else {
+        Instant::now()
+    };
+    b.upstream_deadline.set(sent + timeout);
     let client_closes = !info.keep_alive;
     loop {
         let parsed = http1::rewrite_response(
@@ -461,11 +583,15 @@ async fn send_and_read_head(
             return Ok(res);
         }
         b.upstream_in.reserve(READ_CHUNK);
-        match tokio::time::timeout_at(deadline, upstream.read_buf(&mut b.upstream_in)).await {
-            Ok(Ok(0)) => return Err(Failure::Upstream("closed before answering".into())),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(Failure::Upstream(format!("read: {e}"))),
-            Err(_) => return Err(Failure::Timeout),
+        match b
+            .upstream_deadline
+            .run(upstream.read_buf(&mut b.upstream_in))
+            .await
+        {
+            Some(Ok(0)) => return Err(Failure::Upstream("closed before answering".into())),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(Failure::Upstream(format!("read: {e}"))),
+            None => return Err(Failure::Timeout),
         }
     }
 }
@@ -479,6 +605,7 @@ async fn relay(
     mut upstream: TcpStream,
     b: &mut Buffers,
     info: &RequestInfo,
+    slot: PoolSlot,
     address: &str,
     res: http1::ResponseInfo,
     served_by: Option<&str>,
@@ -500,7 +627,7 @@ async fn relay(
                 .await
                 .map_err(|_| Failure::Midway)?;
             if res.reusable && b.upstream_in.is_empty() {
-                worker.checkin(address, upstream);
+                worker.checkin(slot, address, upstream, b.started);
             }
             return Ok((res.status, client_keeps));
         }
@@ -518,7 +645,7 @@ async fn relay(
         Err(CopyError::Sink) => return Err(Failure::Midway),
     }
     if res.reusable && b.upstream_in.is_empty() {
-        worker.checkin(address, upstream);
+        worker.checkin(slot, address, upstream, b.started);
     }
     Ok((res.status, client_keeps))
 }

@@ -220,6 +220,24 @@ impl KeySource for Request<'_, '_> {
     }
 }
 
+/// A client's address, formatted once per connection for `X-Forwarded-For` rather
+/// than once per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    ip: IpAddr,
+    text: String,
+}
+
+impl Peer {
+    /// The address and its text form.
+    pub fn new(ip: IpAddr) -> Self {
+        Peer {
+            ip,
+            text: ip.to_string(),
+        }
+    }
+}
+
 /// A request seen with its client's address, for `--hash-key client-ip`.
 struct WithPeer<'a, 'b, 'h>(&'a Request<'b, 'h>, IpAddr);
 
@@ -242,7 +260,7 @@ impl KeySource for WithPeer<'_, '_, '_> {
 /// `out` (cleared first): hop-by-hop headers dropped, `X-Forwarded-*` set.
 pub fn rewrite_request(
     req: &Request<'_, '_>,
-    peer: IpAddr,
+    peer: &Peer,
     hash_key: &HashKey,
     out: &mut Vec<u8>,
 ) -> Result<RequestInfo, HeadError> {
@@ -291,7 +309,7 @@ pub fn rewrite_request(
         out.extend_from_slice(prior);
         out.extend_from_slice(b", ");
     }
-    push_ip(out, peer);
+    out.extend_from_slice(peer.text.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     if let Some(host) = host {
         out.extend_from_slice(b"x-forwarded-host: ");
@@ -306,13 +324,8 @@ pub fn rewrite_request(
         retryable: is_idempotent(req.method) && framing == Framing::Empty,
         is_head: req.method == "HEAD",
         http10,
-        request_id: hash_key.request_id(&WithPeer(req, peer)),
+        request_id: hash_key.request_id(&WithPeer(req, peer.ip)),
     })
-}
-
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    use std::io::Write;
-    let _ = write!(out, "{ip}");
 }
 
 /// What the forwarder needs to know about a response once its head is rewritten.
@@ -524,7 +537,7 @@ mod tests {
         let mut out = Vec::new();
         let info = rewrite_request(
             &req,
-            "10.0.0.9".parse().unwrap(),
+            &Peer::new("10.0.0.9".parse().unwrap()),
             &HashKey::Query("id".into()),
             &mut out,
         )?;

@@ -70,8 +70,11 @@ impl DataPlane {
                 std::thread::Builder::new()
                     .name(format!("lb-worker-{i}"))
                     .spawn(move || {
+                        // Sockets and timers only: a process or signal driver would
+                        // be polled on every park of a runtime that needs neither.
                         let rt = tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
+                            .enable_io()
+                            .enable_time()
                             .build()
                             .expect("a runtime for the worker");
                         let local = tokio::task::LocalSet::new();
