@@ -144,7 +144,10 @@ fn a_busy_connection_outlives_its_idle_timeout_and_closes_once_idle() {
     let idle_since = Instant::now();
     assert!(closed(&mut s), "the idle connection stayed open");
     let took = idle_since.elapsed();
-    assert!(took >= Duration::from_millis(1000), "closed early, after {took:?}");
+    assert!(
+        took >= Duration::from_millis(1000),
+        "closed early, after {took:?}"
+    );
 }
 
 #[test]

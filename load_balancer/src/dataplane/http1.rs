@@ -128,13 +128,59 @@ fn lists(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// Whether `Connection` names header `name` as one to drop. Never the framing headers:
-/// the body is forwarded as framed, so "Connection: content-length" must not leave it
-/// unframed for the next hop.
-fn connection_option(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    !name.eq_ignore_ascii_case("content-length")
-        && !name.eq_ignore_ascii_case("transfer-encoding")
-        && lists(headers, "connection", name)
+/// The options a message's `Connection` headers list, gathered once so that checking
+/// each header against them does not rescan every header (quadratic in their count).
+struct ConnectionOptions<'b> {
+    tokens: [&'b [u8]; 8],
+    len: usize,
+    /// More than fit: checks fall back to scanning the headers.
+    more: bool,
+}
+
+impl<'b> ConnectionOptions<'b> {
+    fn of(headers: &[httparse::Header<'b>]) -> Self {
+        let mut o = ConnectionOptions {
+            tokens: [b""; 8],
+            len: 0,
+            more: false,
+        };
+        let listed = headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty());
+        for t in listed {
+            match o.tokens.get_mut(o.len) {
+                Some(slot) => {
+                    *slot = t;
+                    o.len += 1;
+                }
+                None => o.more = true,
+            }
+        }
+        o
+    }
+
+    /// Whether the option `token` is listed (case-insensitive).
+    fn lists(&self, headers: &[httparse::Header<'_>], token: &str) -> bool {
+        if self.more {
+            return lists(headers, "connection", token);
+        }
+        self.tokens[..self.len]
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+    }
+
+    /// Whether header `name` is named as one to drop. Never the framing headers: the
+    /// body is forwarded as framed, so "Connection: content-length" must not leave it
+    /// unframed for the next hop.
+    fn drops(&self, headers: &[httparse::Header<'_>], name: &str) -> bool {
+        (self.len > 0 || self.more)
+            && !name.eq_ignore_ascii_case("content-length")
+            && !name.eq_ignore_ascii_case("transfer-encoding")
+            && self.lists(headers, name)
+    }
 }
 
 fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, HeadError> {
@@ -269,7 +315,8 @@ pub fn rewrite_request(
     if http10 && framing == Framing::Chunked {
         return Err(HeadError::Malformed("chunked body from an HTTP/1.0 client"));
     }
-    let closes = lists(req.headers, "connection", "close");
+    let connection = ConnectionOptions::of(req.headers);
+    let closes = connection.lists(req.headers, "close");
     out.clear();
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
@@ -282,7 +329,6 @@ pub fn rewrite_request(
     });
     let mut prior_xff: Option<&[u8]> = None;
     let mut host: Option<&[u8]> = None;
-    let has_connection = header(req.headers, "connection").is_some();
     for h in req.headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -295,7 +341,7 @@ pub fn rewrite_request(
         let dropped = HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || name.eq_ignore_ascii_case("x-forwarded-host")
-            || (has_connection && connection_option(req.headers, name));
+            || connection.drops(req.headers, name);
         if dropped {
             continue;
         }
@@ -371,9 +417,9 @@ pub fn rewrite_response(
             None => Framing::UntilClose,
         }
     };
-    let has_connection = header(headers, "connection").is_some();
-    let upstream_closes = (minor == 0 && !lists(headers, "connection", "keep-alive"))
-        || (has_connection && lists(headers, "connection", "close"));
+    let connection = ConnectionOptions::of(headers);
+    let upstream_closes = (minor == 0 && !connection.lists(headers, "keep-alive"))
+        || connection.lists(headers, "close");
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     push_status(out, status);
@@ -385,7 +431,7 @@ pub fn rewrite_response(
         // Chunked framing is passed through as it is, so its header stays; a length
         // beside it must go (RFC 9112, 6.3), or the client could read by the length.
         if HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
-            || (has_connection && connection_option(headers, name))
+            || connection.drops(headers, name)
             || (framing == Framing::Chunked && name.eq_ignore_ascii_case("content-length"))
             // Ours is the one that says who served it.
             || (served_by.is_some() && name.eq_ignore_ascii_case("x-served-by"))
@@ -646,6 +692,24 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_connection_header_listing_many_options_still_drops_each() {
+        let names: Vec<String> = (0..12).map(|i| format!("x-opt-{i}")).collect();
+        let raw = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: {}\r\nX-Opt-1: a\r\nX-Opt-11: b\r\nX-Kept: c\r\n\r\n",
+            names.join(", ")
+        );
+        let (_, head) = rewrite(&raw).unwrap();
+        assert!(!head.to_ascii_lowercase().contains("x-opt-1:"), "{head}");
+        assert!(!head.to_ascii_lowercase().contains("x-opt-11:"), "{head}");
+        assert!(head.contains("X-Kept: c"), "{head}");
+        let (_, head) =
+            rewrite("GET / HTTP/1.1\r\nConnection: X-Opt\r\nX-Opt: a\r\nX-Kept: c\r\n\r\n")
+                .unwrap();
+        assert!(!head.contains("X-Opt:"), "{head}");
+        assert!(head.contains("X-Kept: c"), "{head}");
     }
 
     #[test]
