@@ -54,8 +54,10 @@ bench:
 	bash scripts/bench.sh
 	$(CARGO) bench -p load_balancer --bench ring
 
+## clean: build output, the fuzzers' own target directory (about 2 GB) included
 clean:
 	$(CARGO) clean
+	rm -rf fuzz/target
 
 ## fuzz: bounded fuzzing of admin bodies, ring operations and HTTP/1 framing (FUZZ_SECONDS each, default 60)
 .PHONY: fuzz

@@ -174,11 +174,13 @@ impl<'b> ConnectionOptions<'b> {
 
     /// Whether header `name` is named as one to drop. Never the framing headers: the
     /// body is forwarded as framed, so "Connection: content-length" must not leave it
-    /// unframed for the next hop.
+    /// unframed for the next hop. Nor `Host`, which every HTTP/1.1 request must carry:
+    /// "Connection: host" would turn a good request into the replica's 400.
     fn drops(&self, headers: &[httparse::Header<'_>], name: &str) -> bool {
         (self.len > 0 || self.more)
             && !name.eq_ignore_ascii_case("content-length")
             && !name.eq_ignore_ascii_case("transfer-encoding")
+            && !name.eq_ignore_ascii_case("host")
             && self.lists(headers, name)
     }
 }
@@ -710,6 +712,15 @@ mod tests {
                 .unwrap();
         assert!(!head.contains("X-Opt:"), "{head}");
         assert!(head.contains("X-Kept: c"), "{head}");
+    }
+
+    #[test]
+    fn a_connection_header_cannot_strip_the_host() {
+        let (_, head) =
+            rewrite("GET / HTTP/1.1\r\nHost: shop\r\nConnection: host, x-a\r\nX-A: 1\r\n\r\n")
+                .unwrap();
+        assert!(head.contains("Host: shop\r\n"), "{head}");
+        assert!(!head.contains("X-A:"), "{head}");
     }
 
     #[test]
