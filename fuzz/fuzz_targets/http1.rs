@@ -77,12 +77,17 @@ fn reference_request_framing(headers: &[httparse::Header<'_>], http10: bool) -> 
 }
 
 /// Asserts that a head we wrote carries no hop-by-hop header, except `connection:
-/// close` where `close_allowed`.
-fn no_hop_by_hop(headers: &[httparse::Header<'_>], close_allowed: bool) {
+/// close` where `close_allowed`, and `upgrade` with `connection: upgrade` where
+/// `upgrade_allowed` (a protocol switch asked for or granted).
+fn no_hop_by_hop(headers: &[httparse::Header<'_>], close_allowed: bool, upgrade_allowed: bool) {
     for h in headers {
-        if close_allowed
-            && h.name.eq_ignore_ascii_case("connection")
-            && h.value.eq_ignore_ascii_case(b"close")
+        let connection = h.name.eq_ignore_ascii_case("connection");
+        if close_allowed && connection && h.value.eq_ignore_ascii_case(b"close") {
+            continue;
+        }
+        if upgrade_allowed
+            && (h.name.eq_ignore_ascii_case("upgrade")
+                || connection && h.value.eq_ignore_ascii_case(b"upgrade"))
         {
             continue;
         }
@@ -156,7 +161,14 @@ fn check_request(data: &[u8], split: usize, flags: u8) {
     assert_eq!(up.method, Some(req.method));
     assert_eq!(up.path, Some(req.target));
     assert_eq!(up.version, Some(if info.http10 { 0 } else { 1 }));
-    no_hop_by_hop(up.headers, false);
+    no_hop_by_hop(up.headers, false, info.upgrade);
+    if info.upgrade {
+        // Only a bodiless HTTP/1.1 request can become a tunnel, and it says so upstream.
+        assert_eq!(info.framing, Framing::Empty);
+        assert!(!info.http10);
+        assert!(named(up.headers, "upgrade").count() >= 1);
+        assert_eq!(named(up.headers, "connection").count(), 1);
+    }
     let up_req = http1::Request {
         method: up.method.unwrap(),
         target: up.path.unwrap(),
@@ -216,12 +228,16 @@ fn check_response(data: &[u8], split: usize, flags: u8) {
     }
     assert_eq!(down.code, Some(info.status));
     assert_eq!(down.version, Some(1));
-    let closes = client_closes || info.framing == Framing::UntilClose;
-    no_hop_by_hop(down.headers, closes);
+    let switching = info.status == 101;
+    let closes = !switching && (client_closes || info.framing == Framing::UntilClose);
+    no_hop_by_hop(down.headers, closes, switching);
     assert_eq!(
         named(down.headers, "connection").count(),
-        usize::from(closes)
+        usize::from(closes || switching)
     );
+    if switching {
+        assert!(!info.reusable, "a switched connection was kept for reuse");
+    }
     let mut up_headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut up = httparse::Response::new(&mut up_headers);
     up.parse(data).expect("parsed once already");

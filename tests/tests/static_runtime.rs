@@ -45,7 +45,9 @@ fn balancer(backends: &[String], extra: &[&str]) -> Service {
 }
 
 /// A hand-written HTTP/1.1 backend: `/heartbeat` answers at once, `/slow` after
-/// `delay`, anything else echoes the request head and body back as text.
+/// `delay`, a request to switch protocols (or to `/rogue-switch`, asked or not) gets
+/// `101` and then an echo of every byte,
+/// anything else echoes the request head and body back as text.
 struct TestBackend {
     addr: String,
     requests: Arc<AtomicUsize>,
@@ -108,6 +110,19 @@ fn serve(stream: TcpStream, delay: Duration, counter: &AtomicUsize) {
         };
         if path != "/heartbeat" {
             counter.fetch_add(1, Ordering::SeqCst);
+        }
+        let lower = head.to_ascii_lowercase();
+        let asked = lower.contains("\r\nconnection: upgrade\r\n")
+            && lower.contains("\r\nupgrade: echo\r\n");
+        if asked || path == "/rogue-switch" {
+            let switch = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\nhello from the tunnel\n";
+            if out.write_all(switch.as_bytes()).is_err() {
+                return;
+            }
+            // The reader's buffer first: bytes the client sent right after its head.
+            let _ = std::io::copy(&mut reader, &mut out);
+            let _ = out.shutdown(std::net::Shutdown::Write);
+            return;
         }
         let reply = match path.as_str() {
             "/heartbeat" => String::new(),
@@ -187,6 +202,78 @@ fn a_chunked_body_and_a_pipelined_request_both_arrive_intact() {
         reply[first..second].contains("\r\n\r\nhello worldHTTP/1.1 200 OK"),
         "{reply}"
     );
+}
+
+#[test]
+fn an_upgrade_becomes_a_tunnel_to_the_replica_both_ways() {
+    let echo = TestBackend::start(Duration::ZERO);
+    let lb = balancer(&[format!("echo={}", echo.addr)], &[]);
+    let mut s = TcpStream::connect(lb.base.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The first tunnelled bytes ride with the handshake, as a hasty client sends them.
+    s.write_all(
+        b"GET /chat?id=7 HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly ",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let wanted = |got: &[u8], text: &str| String::from_utf8_lossy(got).contains(text);
+    while !wanted(&got, "early ") {
+        let n = s.read(&mut buf).expect("the tunnel answers");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+    let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(head.contains("\r\nupgrade: echo"), "{text}");
+    assert!(head.contains("\r\nconnection: upgrade"), "{text}");
+    assert!(head.contains("\r\nx-served-by: echo"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\nhello from the tunnel\nearly "),
+        "{text}"
+    );
+    // Bytes that are not HTTP go through untouched, in both directions.
+    let payload: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let mut writer = s.try_clone().unwrap();
+    let sent = payload.clone();
+    let sender = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).expect("the echo, then a close");
+    sender.join().unwrap();
+    assert!(
+        back == payload,
+        "{} bytes came back of {}",
+        back.len(),
+        payload.len()
+    );
+}
+
+#[test]
+fn a_replica_cannot_switch_protocols_unasked() {
+    let echo = TestBackend::start(Duration::ZERO);
+    let lb = balancer(&[format!("echo={}", echo.addr)], &[]);
+    // Without `Connection: upgrade` the balancer neither asks nor accepts a switch.
+    let reply = raw_exchange(
+        &lb,
+        b"GET /chat HTTP/1.1\r\nHost: t\r\nUpgrade: echo\r\nConnection: close\r\n\r\n",
+        None,
+    );
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    assert!(
+        !reply.to_ascii_lowercase().contains("\r\nupgrade:"),
+        "{reply}"
+    );
+    // A replica that switches anyway is a broken replica: 502, not a tunnel.
+    let reply = raw_exchange(
+        &lb,
+        b"GET /rogue-switch HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        None,
+    );
+    assert!(reply.starts_with("HTTP/1.1 502 "), "{reply}");
 }
 
 #[test]

@@ -423,7 +423,10 @@ async fn forward(
         .await
         {
             Ok((status, keep_alive)) => {
-                metrics.latency.observe(b.started.elapsed().as_secs_f64());
+                // A tunnel's lifetime is not a response time.
+                if status != 101 {
+                    metrics.latency.observe(b.started.elapsed().as_secs_f64());
+                }
                 backend.counters.response(status);
                 backend.clear_failures();
                 if status == 404 {
@@ -567,12 +570,13 @@ async fn send_and_read_head(
         )
         .map_err(|e| Failure::Upstream(e.to_string()))?;
         if let Some(res) = parsed {
-            if (100..200).contains(&res.status) {
-                if res.status == 101 {
-                    return Err(Failure::Upstream(
-                        "protocol upgrades are not supported".into(),
-                    ));
+            if res.status == 101 {
+                if info.upgrade {
+                    return Ok(res);
                 }
+                return Err(Failure::Upstream("switched protocols unasked".into()));
+            }
+            if (100..200).contains(&res.status) {
                 client
                     .write_all(&b.response_head)
                     .await
@@ -611,6 +615,9 @@ async fn relay(
     served_by: Option<&str>,
 ) -> Result<(u16, bool), Failure> {
     b.upstream_in.advance(res.head_len);
+    if res.status == 101 {
+        return tunnel(client, upstream, b).await.map(|()| (101, false));
+    }
     let client_keeps = info.keep_alive && res.framing != Framing::UntilClose;
     if res.status == 404 && served_by.is_some() {
         // Answered by the caller; the body is not read, so the connection is dropped.
@@ -648,6 +655,41 @@ async fn relay(
         worker.checkin(slot, address, upstream, b.started);
     }
     Ok((res.status, client_keeps))
+}
+
+/// After a `101 Switching Protocols`: relays the head, then bytes both ways until
+/// either side closes. Nothing can be retried from here on.
+async fn tunnel(
+    client: &mut TcpStream,
+    mut upstream: TcpStream,
+    b: &mut Buffers,
+) -> Result<(), Failure> {
+    client
+        .write_all(&b.response_head)
+        .await
+        .map_err(|_| Failure::Midway)?;
+    // Bytes that came with the 101, or that the client sent after its handshake.
+    if !b.upstream_in.is_empty() {
+        client
+            .write_all(&b.upstream_in)
+            .await
+            .map_err(|_| Failure::Midway)?;
+        b.upstream_in.clear();
+    }
+    if !b.client_in.is_empty() {
+        upstream
+            .write_all(&b.client_in)
+            .await
+            .map_err(|_| Failure::Midway)?;
+        b.client_in.clear();
+    }
+    match tokio::io::copy_bidirectional(client, &mut upstream).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            log::debug!("tunnel ended: {e}");
+            Err(Failure::Midway)
+        }
+    }
 }
 
 /// Copies one body from `src` to `dst` by its framing, starting with what is

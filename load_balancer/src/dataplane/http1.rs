@@ -74,6 +74,10 @@ pub struct RequestInfo {
     pub is_head: bool,
     /// `HTTP/1.0` from the client: answered with a closed connection.
     pub http10: bool,
+    /// The client asks to switch protocols (`Connection: upgrade` with `Upgrade`, as a
+    /// WebSocket handshake does): the `Upgrade` header goes upstream, and a `101`
+    /// answer turns the connection into a tunnel.
+    pub upgrade: bool,
     /// The ring key for this request.
     pub request_id: u64,
 }
@@ -319,6 +323,13 @@ pub fn rewrite_request(
     }
     let connection = ConnectionOptions::of(req.headers);
     let closes = connection.lists(req.headers, "close");
+    // Only a bodiless HTTP/1.1 request that keeps its connection can become a tunnel:
+    // after a 101 there is no framing left to find a body's end by.
+    let upgrade = !http10
+        && !closes
+        && framing == Framing::Empty
+        && connection.lists(req.headers, "upgrade")
+        && header(req.headers, "upgrade").is_some();
     out.clear();
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
@@ -340,10 +351,11 @@ pub fn rewrite_request(
         if name.eq_ignore_ascii_case("host") {
             host = Some(h.value);
         }
-        let dropped = HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+        let kept_for_upgrade = upgrade && name.eq_ignore_ascii_case("upgrade");
+        let dropped = !kept_for_upgrade && HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || name.eq_ignore_ascii_case("x-forwarded-host")
-            || connection.drops(req.headers, name);
+            || !kept_for_upgrade && connection.drops(req.headers, name);
         if dropped {
             continue;
         }
@@ -359,6 +371,9 @@ pub fn rewrite_request(
     }
     out.extend_from_slice(peer.text.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
     if let Some(host) = host {
         out.extend_from_slice(b"x-forwarded-host: ");
         out.extend_from_slice(host);
@@ -372,6 +387,7 @@ pub fn rewrite_request(
         retryable: is_idempotent(req.method) && framing == Framing::Empty,
         is_head: req.method == "HEAD",
         http10,
+        upgrade,
         request_id: hash_key.request_id(&WithPeer(req, peer.ip)),
     })
 }
@@ -422,6 +438,8 @@ pub fn rewrite_response(
     let connection = ConnectionOptions::of(headers);
     let upstream_closes = (minor == 0 && !connection.lists(headers, "keep-alive"))
         || connection.lists(headers, "close");
+    // A 101 passes its `Upgrade` on: the client must learn which protocol it got.
+    let switching = status == 101;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     push_status(out, status);
@@ -432,8 +450,10 @@ pub fn rewrite_response(
         let name = h.name;
         // Chunked framing is passed through as it is, so its header stays; a length
         // beside it must go (RFC 9112, 6.3), or the client could read by the length.
-        if HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
-            || connection.drops(headers, name)
+        let kept_for_upgrade = switching && name.eq_ignore_ascii_case("upgrade");
+        if !kept_for_upgrade
+            && (HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+                || connection.drops(headers, name))
             || (framing == Framing::Chunked && name.eq_ignore_ascii_case("content-length"))
             // Ours is the one that says who served it.
             || (served_by.is_some() && name.eq_ignore_ascii_case("x-served-by"))
@@ -450,7 +470,9 @@ pub fn rewrite_response(
         out.extend_from_slice(by.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if client_closes || framing == Framing::UntilClose {
+    if switching {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if client_closes || framing == Framing::UntilClose {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -458,7 +480,8 @@ pub fn rewrite_response(
         head_len,
         status,
         framing,
-        reusable: !upstream_closes && framing != Framing::UntilClose,
+        // After a 101 the connection carries another protocol: never pooled.
+        reusable: !upstream_closes && framing != Framing::UntilClose && !switching,
     }))
 }
 
@@ -746,6 +769,55 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\nx-served-by: Server2\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn an_upgrade_request_asks_upstream_to_switch_protocols_too() {
+        let (info, head) = rewrite(
+            "GET /chat?id=7 HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n",
+        )
+        .unwrap();
+        assert!(info.upgrade);
+        assert!(head.contains("Upgrade: websocket\r\n"), "{head}");
+        assert!(head.contains("Sec-WebSocket-Key: k\r\n"), "{head}");
+        assert!(head.contains("connection: upgrade\r\n"), "{head}");
+        assert!(!head.contains("keep-alive"), "{head}");
+    }
+
+    #[test]
+    fn only_a_bodiless_kept_alive_http11_request_can_upgrade() {
+        for raw in [
+            "POST / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi",
+            "GET / HTTP/1.1\r\nConnection: close, upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            let (info, head) = rewrite(raw).unwrap();
+            assert!(!info.upgrade, "{raw}");
+            assert!(!head.to_ascii_lowercase().contains("upgrade"), "{head}");
+        }
+    }
+
+    #[test]
+    fn a_101_passes_its_upgrade_on_and_is_never_pooled() {
+        let mut out = Vec::new();
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: a\r\n\r\n\x81\x01x";
+        let info = rewrite_response(raw, false, Some("Server2"), false, &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (info.status, info.framing, info.reusable),
+            (101, Framing::Empty, false)
+        );
+        assert_eq!(&raw[info.head_len..], b"\x81\x01x");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: a\r\nx-served-by: Server2\r\nconnection: upgrade\r\n\r\n"
+        );
+        // Any other status keeps dropping it.
+        let raw = b"HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n";
+        rewrite_response(raw, false, None, false, &mut out).unwrap();
+        assert!(!String::from_utf8_lossy(&out).contains("pgrade"));
     }
 
     #[test]
