@@ -5,10 +5,7 @@
 //! its own upstream connection pool, so nothing on this path is shared between
 //! threads but the routing snapshot and atomic counters.
 
-use std::cell::RefCell;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -16,20 +13,17 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
+use super::deadline::Deadline;
 use super::http1::{self, Chunked, Framing, HeadError, Peer, RequestInfo, MAX_HEADERS};
+use super::pool::{Pool, PoolSlot};
 use crate::api;
 use crate::error::ApiError;
 use crate::hashkey::HashKey;
 use crate::metrics::Metrics;
 use crate::snapshot::SharedSnapshot;
 
-/// Idle upstream connections kept per replica and worker.
-const POOL_PER_ADDRESS: usize = 128;
-/// An idle upstream connection older than this is not reused: servers close idle
-/// keep-alive connections after a few seconds, and a reused dead one costs a retry.
-const POOL_MAX_IDLE: Duration = Duration::from_secs(4);
 const READ_CHUNK: usize = 16 * 1024;
 /// How long an admin call may take, queued behind others included.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -61,30 +55,8 @@ pub struct Worker {
     pub snapshot: SharedSnapshot,
     pub metrics: std::sync::Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
-    /// Idle upstream connections, indexed by [`PoolSlot`].
-    pool: RefCell<Vec<Idle>>,
-}
-
-/// Idle connections to one address.
-#[derive(Default)]
-struct Idle {
-    address: String,
-    /// Each with the time it was last used.
-    conns: Vec<(TcpStream, Instant)>,
-}
-
-/// Where an upstream's idle connections are kept: the admin API in slot 0, replica
-/// `id` in slot `id + 1`. Ids are small (bounded by the ring's capacity), so a
-/// vector indexed by id replaces hashing an address twice per request.
-#[derive(Debug, Clone, Copy)]
-struct PoolSlot(usize);
-
-impl PoolSlot {
-    const API: PoolSlot = PoolSlot(0);
-
-    fn replica(id: crate::ring::ServerId) -> PoolSlot {
-        PoolSlot(id as usize + 1)
-    }
+    /// Idle upstream connections.
+    pool: Pool,
 }
 
 impl Worker {
@@ -100,104 +72,7 @@ impl Worker {
             snapshot,
             metrics,
             shutdown,
-            pool: RefCell::new(Vec::new()),
-        }
-    }
-
-    /// An idle connection to `address` last used less than [`POOL_MAX_IDLE`] before
-    /// `now`, if one is kept.
-    fn checkout(
-        &self,
-        slot: PoolSlot,
-        address: &str,
-        now: Instant,
-        check_alive: bool,
-    ) -> Option<TcpStream> {
-        let mut pool = self.pool.borrow_mut();
-        let idle = pool.get_mut(slot.0)?;
-        if idle.address != address {
-            // A replica respawned under the same id listens elsewhere now.
-            idle.conns.clear();
-            return None;
-        }
-        while let Some((conn, since)) = idle.conns.pop() {
-            if now.saturating_duration_since(since) > POOL_MAX_IDLE {
-                continue;
-            }
-            // A request that cannot be retried gets a connection known to be open:
-            // a read that would block means the peer has not closed it.
-            if check_alive {
-                let mut probe = [0u8; 1];
-                match conn.try_read(&mut probe) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    _ => continue,
-                }
-            }
-            return Some(conn);
-        }
-        None
-    }
-
-    /// Keeps `conn` for the next request to `address`, stamped `used` (when the
-    /// request began: older than the truth, so a stale connection is dropped early
-    /// rather than reused late).
-    fn checkin(&self, slot: PoolSlot, address: &str, conn: TcpStream, used: Instant) {
-        let mut pool = self.pool.borrow_mut();
-        if pool.len() <= slot.0 {
-            pool.resize_with(slot.0 + 1, Idle::default);
-        }
-        let idle = &mut pool[slot.0];
-        if idle.address != address {
-            idle.conns.clear();
-            idle.address.clear();
-            idle.address.push_str(address);
-        }
-        if idle.conns.len() < POOL_PER_ADDRESS {
-            idle.conns.push((conn, used));
-        }
-    }
-}
-
-/// A timer armed lazily. Each request moves a connection's deadlines later; doing
-/// that on the timer wheel for every request costs more than the rest of the
-/// routing, so a later deadline is only recorded, and the timer, when it fires
-/// early, re-arms itself for it. An earlier deadline re-arms at once.
-struct Deadline {
-    sleep: Pin<Box<Sleep>>,
-    due: Instant,
-}
-
-impl Deadline {
-    fn new(due: Instant) -> Self {
-        Deadline {
-            sleep: Box::pin(tokio::time::sleep_until(due)),
-            due,
-        }
-    }
-
-    fn set(&mut self, due: Instant) {
-        if due < self.sleep.deadline() {
-            self.sleep.as_mut().reset(due);
-        }
-        self.due = due;
-    }
-
-    /// Runs `work` to completion (`Some`), or until the deadline passes (`None`).
-    async fn run<F: Future>(&mut self, work: F) -> Option<F::Output> {
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                biased;
-                out = &mut work => return Some(out),
-                _ = self.sleep.as_mut() => {
-                    // Fired at its own deadline: past ours unless ours moved later.
-                    if self.sleep.deadline() >= self.due {
-                        return None;
-                    }
-                    let due = self.due;
-                    self.sleep.as_mut().reset(due);
-                }
-            }
+            pool: Pool::default(),
         }
     }
 }
@@ -492,7 +367,9 @@ async fn exchange(
 ) -> Result<(u16, bool), Failure> {
     // A pooled connection may have been closed by the server since; a request that
     // can be sent again is retried once on a fresh connection when that happens.
-    let mut pooled = worker.checkout(slot, address, b.started, !info.retryable);
+    let mut pooled = worker
+        .pool
+        .checkout(slot, address, b.started, !info.retryable);
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
@@ -634,7 +511,7 @@ async fn relay(
                 .await
                 .map_err(|_| Failure::Midway)?;
             if res.reusable && b.upstream_in.is_empty() {
-                worker.checkin(slot, address, upstream, b.started);
+                worker.pool.checkin(slot, address, upstream, b.started);
             }
             return Ok((res.status, client_keeps));
         }
@@ -652,7 +529,7 @@ async fn relay(
         Err(CopyError::Sink) => return Err(Failure::Midway),
     }
     if res.reusable && b.upstream_in.is_empty() {
-        worker.checkin(slot, address, upstream, b.started);
+        worker.pool.checkin(slot, address, upstream, b.started);
     }
     Ok((res.status, client_keeps))
 }

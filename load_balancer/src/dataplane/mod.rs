@@ -6,8 +6,10 @@
 //! API server on loopback like any other upstream, so the API keeps its framework and
 //! the hot path keeps none.
 
+mod deadline;
 pub mod forward;
 pub mod http1;
+mod pool;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
