@@ -7,25 +7,28 @@
 //! never stopped or removed, whatever its name.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum, EndpointSettings,
-    EventMessage, HostConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    HostConfig, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, EventsOptions, InspectContainerOptions, InspectNetworkOptions,
-    ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
+    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
+    StopContainerOptions,
 };
 use bollard::Docker;
 use futures_util::future::join_all;
-use futures_util::StreamExt;
 
-use super::{EventSender, ReplicaSpec, Running, Runtime, RuntimeError, RuntimeEvent};
+mod engine;
+mod events;
+
+use engine::{ensure_network, join_network, message, own_container, status};
+use events::{unix_now, watch_events};
+
+use super::{EventSender, ReplicaSpec, Running, Runtime, RuntimeError};
 use crate::config::DockerAddressing;
 
 /// The label naming the balancer instance that owns a container.
@@ -42,7 +45,6 @@ const SERVER_PORT: u16 = 5000;
 const REPLICA_USER: &str = "65534:65534";
 /// How long `shutdown --cleanup-on-exit` lets replicas finish in-flight requests.
 const CLEANUP_GRACE: Duration = Duration::from_secs(5);
-const MAX_EVENT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What the `docker` runtime needs from the configuration.
 #[derive(Debug, Clone)]
@@ -522,210 +524,9 @@ fn valid_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-fn in_container() -> bool {
-    Path::new("/.dockerenv").exists() || Path::new("/run/.containerenv").exists()
-}
-
-/// The container this process runs in, as the engine sees it, or `None` on the host.
-/// `/.dockerenv` alone is no proof (some VM images keep it from the container they
-/// were built from), so the engine must know a container that matches our hostname.
-async fn own_container(docker: &Docker) -> Option<ContainerInspectResponse> {
-    let me = std::fs::read_to_string("/etc/hostname").ok()?;
-    let me = me.trim();
-    if me.is_empty() {
-        return None;
-    }
-    let c = docker
-        .inspect_container(me, None::<InspectContainerOptions>)
-        .await
-        .ok()?;
-    // A container's default hostname is its short id; a chosen one (compose
-    // `hostname:`) is only trusted from inside a container.
-    let by_id = c.id.as_deref().is_some_and(|id| id.starts_with(me));
-    let by_hostname =
-        in_container() && c.config.as_ref().and_then(|c| c.hostname.as_deref()) == Some(me);
-    (by_id || by_hostname).then_some(c)
-}
-
-fn status(e: &DockerError) -> Option<u16> {
-    match e {
-        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
-        _ => None,
-    }
-}
-
-/// The engine's own message when there is one: it is the readable part.
-fn message(e: &DockerError) -> String {
-    match e {
-        DockerError::DockerResponseServerError { message, .. } => message.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-async fn ensure_network(docker: &Docker, network: &str) -> Result<(), RuntimeError> {
-    match docker
-        .inspect_network(network, None::<InspectNetworkOptions>)
-        .await
-    {
-        Ok(_) => return Ok(()),
-        Err(e) if status(&e) == Some(404) => {}
-        Err(e) => {
-            return Err(RuntimeError::Other(format!(
-                "inspecting network {network}: {}",
-                message(&e)
-            )))
-        }
-    }
-    let request = NetworkCreateRequest {
-        name: network.to_string(),
-        driver: Some("bridge".into()),
-        ..Default::default()
-    };
-    match docker.create_network(request).await {
-        Ok(_) => {
-            log::info!("created network {network}");
-            Ok(())
-        }
-        // Another balancer created it in the meantime.
-        Err(e) if status(&e) == Some(409) => Ok(()),
-        Err(e) => Err(RuntimeError::Other(format!(
-            "creating network {network}: {}",
-            message(&e)
-        ))),
-    }
-}
-
-/// A balancer in a container reaches replicas by name only from the same network:
-/// join it when started without it (e.g. a plain `docker run`).
-async fn join_network(docker: &Docker, me: &ContainerInspectResponse, network: &str) {
-    let joined = me
-        .network_settings
-        .as_ref()
-        .and_then(|n| n.networks.as_ref())
-        .is_some_and(|n| n.contains_key(network));
-    let Some(id) = me.id.clone().filter(|_| !joined) else {
-        return;
-    };
-    let request = NetworkConnectRequest {
-        container: id,
-        ..Default::default()
-    };
-    match docker.connect_network(network, request).await {
-        Ok(()) => log::info!("joined network {network} to reach the replicas"),
-        Err(e) => log::warn!(
-            "this container is not on network {network} and could not join it: {}",
-            message(&e)
-        ),
-    }
-}
-
-/// Follows the engine's event stream for the instance's containers and reports
-/// deaths; reconnects (replaying from where it left off) when the stream ends.
-async fn watch_events(docker: Docker, instance: String, events: EventSender, mut since: i64) {
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        let filters = HashMap::from([
-            ("type".to_string(), vec!["container".to_string()]),
-            (
-                "label".to_string(),
-                vec![format!("{LABEL_MANAGED_BY}={instance}")],
-            ),
-            (
-                "event".to_string(),
-                ["die", "oom", "kill", "destroy"].map(String::from).to_vec(),
-            ),
-        ]);
-        let opts = EventsOptions {
-            since: Some(since.to_string()),
-            until: None,
-            filters: Some(filters),
-        };
-        let mut stream = docker.events(Some(opts));
-        let mut failure = None;
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(msg) => {
-                    backoff = Duration::from_millis(250);
-                    if let Some(event) = death(&msg) {
-                        if events.send(event).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        if events.is_closed() {
-            return;
-        }
-        match failure {
-            Some(e) => log::warn!("docker event stream failed ({e}); reconnecting in {backoff:?}"),
-            None => log::warn!("docker event stream ended; reconnecting in {backoff:?}"),
-        }
-        // Events are stamped in whole seconds: replay the last ones; a duplicate
-        // death report is ignored by the supervisor.
-        since = unix_now() - 2;
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_EVENT_BACKOFF);
-    }
-}
-
-/// The death an engine event reports, if it reports one.
-fn death(msg: &EventMessage) -> Option<RuntimeEvent> {
-    let actor = msg.actor.as_ref()?;
-    let handle = actor.id.clone()?;
-    let attrs = actor.attributes.clone().unwrap_or_default();
-    let reason = match msg.action.as_deref()? {
-        "die" => format!(
-            "container exited with code {}",
-            attrs.get("exitCode").map_or("?", String::as_str)
-        ),
-        "oom" => "container ran out of memory".to_string(),
-        "destroy" => "container was removed".to_string(),
-        // Any other signal may be handled or ignored; only SIGKILL surely kills,
-        // and reporting it now saves waiting for the `die` that follows.
-        "kill"
-            if matches!(
-                attrs.get("signal").map(String::as_str),
-                Some("9" | "SIGKILL")
-            ) =>
-        {
-            "container was killed".to_string()
-        }
-        _ => return None,
-    };
-    Some(RuntimeEvent::Died { handle, reason })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bollard::models::EventActor;
-
-    fn event(action: &str, attrs: &[(&str, &str)]) -> EventMessage {
-        EventMessage {
-            action: Some(action.into()),
-            actor: Some(EventActor {
-                id: Some("abc".into()),
-                attributes: Some(
-                    attrs
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-            }),
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn only_the_default_instance_has_unprefixed_names() {
@@ -740,19 +541,5 @@ mod tests {
         assert!(!valid_name(""));
         assert!(!valid_name("-x"));
         assert!(!valid_name("a/b"));
-    }
-
-    #[test]
-    fn die_oom_destroy_and_sigkill_are_deaths_other_signals_are_not() {
-        let died = |m: &EventMessage| death(m).map(|RuntimeEvent::Died { handle, .. }| handle);
-        assert_eq!(
-            died(&event("die", &[("exitCode", "137")])),
-            Some("abc".into())
-        );
-        assert_eq!(died(&event("oom", &[])), Some("abc".into()));
-        assert_eq!(died(&event("destroy", &[])), Some("abc".into()));
-        assert_eq!(died(&event("kill", &[("signal", "9")])), Some("abc".into()));
-        assert_eq!(died(&event("kill", &[("signal", "15")])), None);
-        assert_eq!(died(&event("start", &[])), None);
     }
 }
