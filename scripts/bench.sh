@@ -132,15 +132,22 @@ done
 targets=("direct:$B1:" "nginx:$P_NGINX:$pid_nginx" "haproxy:$P_HAPROXY:$pid_haproxy"
   "load_balancer:$P_LB:$pid_lb" "load_balancer(all-workers):$P_LB_ALL:$pid_lb_all")
 TICK=$(getconf CLK_TCK)
+# Idle + iowait ticks of the whole machine: a proxy that leaves cores idle while the
+# load waits on it loses requests/s that its CPU per request does not show.
+idle_ticks() { awk '/^cpu /{print $5 + $6}' /proc/stat; }
 : >"$OUT/runs.txt"
 for round in $(seq "$ROUNDS"); do
   for t in "${targets[@]}"; do
     IFS=: read -r name port pid <<<"$t"
     echo "round $round/$ROUNDS: $name" >&2
     before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    idle_before=$(idle_ticks)
     out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/random-id.lua" "http://127.0.0.1:$port/")
     after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
-    printf '=== %s\ncpu_seconds: %s\n%s\n' "$name" "$(awk "BEGIN {print ($after - $before) / $TICK}")" "$out" >>"$OUT/runs.txt"
+    idle_after=$(idle_ticks)
+    printf '=== %s\ncpu_seconds: %s\nidle_cores: %s\n%s\n' "$name" \
+      "$(awk "BEGIN {print ($after - $before) / $TICK}")" \
+      "$(awk "BEGIN {print ($idle_after - $idle_before) / $TICK / $DURATION}")" "$out" >>"$OUT/runs.txt"
   done
 done
 
@@ -159,15 +166,17 @@ for block in open(sys.argv[1]).read().split("=== ")[1:]:
     errors += int(m.group(1)) if m else 0
     total = int(re.search(r"(\d+) requests in", body).group(1))
     cpu = float(re.search(r"cpu_seconds: ([\d.]+)", body).group(1))
-    runs.setdefault(name, []).append((rps, ms("50"), ms("99"), errors, cpu * 1e6 / total))
+    idle = float(re.search(r"idle_cores: ([\d.]+)", body).group(1))
+    runs.setdefault(name, []).append((rps, ms("50"), ms("99"), errors, cpu * 1e6 / total, idle))
 med = {n: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
            statistics.median(r[2] for r in v), sum(r[3] for r in v),
-           statistics.median(r[4] for r in v)) for n, v in runs.items()}
+           statistics.median(r[4] for r in v), statistics.median(r[5] for r in v))
+       for n, v in runs.items()}
 peer = max(("nginx", "haproxy"), key=lambda n: med[n][0])
 print(f"\nmedian of {len(runs['nginx'])} rounds; better peer: {peer}\n")
-print(f"| target | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req | req/s ÷ {peer} | p99 ÷ {peer} |")
-print("|---|---|---|---|---|---|---|---|")
-for n, (rps, p50, p99, err, cpu) in med.items():
+print(f"| target | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req | idle cores | req/s ÷ {peer} | p99 ÷ {peer} |")
+print("|---|---|---|---|---|---|---|---|---|")
+for n, (rps, p50, p99, err, cpu, idle) in med.items():
     cpu_text = f"{cpu:.1f}" if cpu > 0 else "–"
-    print(f"| {n} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {err} | {cpu_text} | {rps / med[peer][0]:.2f} | {p99 / med[peer][2]:.2f} |")
+    print(f"| {n} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {err} | {cpu_text} | {idle:.2f} | {rps / med[peer][0]:.2f} | {p99 / med[peer][2]:.2f} |")
 EOF
