@@ -110,14 +110,25 @@ pub fn bars(path: &Path, title: &str, runs: &[(&str, usize, &Run)]) -> Res {
             ))
             .map_err(err)?;
     }
+    legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
+    root.present().map_err(err)
+}
+
+/// Every chart's legend, in one style; `position` keeps it off the data.
+fn legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>, position: SeriesLabelPosition) -> Res
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: CoordTranslate,
+{
     chart
         .configure_series_labels()
+        .position(position)
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .label_font(("sans-serif", 16))
         .draw()
-        .map_err(err)?;
-    root.present().map_err(err)
+        .map_err(err)
 }
 
 /// Lines over N: one `(label, color, points)` per series, optional error bars.
@@ -174,14 +185,7 @@ pub fn lines(
             .draw_series(points.iter().map(|p| Circle::new(*p, 4, c.filled())))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 16))
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(err)
 }
 
@@ -277,14 +281,7 @@ pub fn timeline(path: &Path, r: &Recovery) -> Res {
         .map_err(err)?
         .label("healthy replicas (right axis)")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], rep_c.stroke_width(3)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 16))
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::LowerLeft)?;
     root.present().map_err(err)
 }
 

@@ -165,12 +165,15 @@ impl Table {
     pub fn candidates(&self, request_id: u64) -> Candidates<'_> {
         match &self.selector {
             Selector::Ring {
-                by_residue: Some(starts),
+                first,
                 entries,
                 servers,
-                ..
-            } => Candidates::walk(entries, residue_start(starts, request_id), *servers),
-            Selector::Ring { .. } => self.candidates_from_slot(self.slot_of(request_id)),
+                by_residue,
+            } => Candidates::walk(
+                entries,
+                self.ring_start(first, by_residue.as_deref(), request_id),
+                *servers,
+            ),
             Selector::Maglev { entries, servers } => Candidates::walk(
                 entries,
                 (crate::scheme::mixed::request_hash(request_id) % entries.len().max(1) as u64)
@@ -188,15 +191,27 @@ impl Table {
     pub fn owner(&self, request_id: u64) -> Option<ServerId> {
         match &self.selector {
             Selector::Ring {
-                by_residue: Some(starts),
+                first,
                 entries,
+                by_residue,
                 ..
-            } => entries.get(residue_start(starts, request_id)).copied(),
-            Selector::Ring { first, entries, .. } => {
-                let slot = self.slot_of(request_id);
-                entries.get(*first.get(slot)? as usize).copied()
-            }
+            } => entries
+                .get(self.ring_start(first, by_residue.as_deref(), request_id))
+                .copied(),
             _ => self.candidates(request_id).next(),
+        }
+    }
+
+    /// The index in a ring's `entries` of the first candidate for `request_id`: by
+    /// residue when the scheme allows it, else by hashing to a slot.
+    #[inline]
+    fn ring_start(&self, first: &[u32], by_residue: Option<&[u32]>, request_id: u64) -> usize {
+        match by_residue {
+            Some(starts) => {
+                let mask = starts.len() as u64 - 1;
+                starts[(request_id & mask) as usize] as usize
+            }
+            None => first[self.slot_of(request_id)] as usize,
         }
     }
 
@@ -231,13 +246,6 @@ impl Table {
 
 /// The largest request period a ring table precomputes (a `u32` per residue).
 const MAX_RESIDUES: usize = 1 << 16;
-
-/// The first-candidate index for `request_id` from a power-of-two residue table.
-#[inline]
-fn residue_start(starts: &[u32], request_id: u64) -> usize {
-    let mask = starts.len() as u64 - 1;
-    starts[(request_id & mask) as usize] as usize
-}
 
 /// The distinct values of `ids`, sorted.
 fn distinct(ids: &[ServerId]) -> Vec<ServerId> {

@@ -156,18 +156,12 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
         };
         let keep_alive = match route {
             Route::Api => {
-                let api = worker.config.api_address.clone();
-                match exchange(
-                    &worker,
-                    &mut client,
-                    &mut b,
-                    &info,
-                    PoolSlot::API,
-                    &api,
-                    None,
-                )
-                .await
-                {
+                let api = Target {
+                    slot: PoolSlot::API,
+                    address: &worker.config.api_address,
+                    served_by: None,
+                };
+                match exchange(&worker, &mut client, &mut b, &info, api).await {
                     Ok((_, reusable_client)) => reusable_client,
                     Err(Failure::Upstream(e) | Failure::Connect(e)) => {
                         reply_error(
@@ -286,17 +280,12 @@ async fn forward(
             metrics.retries.inc();
         }
         let _in_flight = backend.track();
-        match exchange(
-            worker,
-            client,
-            b,
-            info,
-            PoolSlot::replica(backend.id),
-            &backend.address,
-            Some(&backend.hostname),
-        )
-        .await
-        {
+        let to = Target {
+            slot: PoolSlot::replica(backend.id),
+            address: &backend.address,
+            served_by: Some(&backend.hostname),
+        };
+        match exchange(worker, client, b, info, to).await {
             Ok((status, keep_alive)) => {
                 // A tunnel's lifetime is not a response time.
                 if status != 101 {
@@ -352,37 +341,39 @@ async fn reply_error(client: &mut TcpStream, info: &RequestInfo, err: ApiError) 
     client.write_all(&reply).await.is_ok() && !close
 }
 
+/// Where one exchange goes.
+#[derive(Debug, Clone, Copy)]
+struct Target<'a> {
+    /// Where its idle connections are pooled.
+    slot: PoolSlot,
+    address: &'a str,
+    /// The hostname a replica answers as; `None` for the admin API.
+    served_by: Option<&'a str>,
+}
+
 /// One request and its response over one upstream connection. A 404 from a replica
 /// is not relayed (the caller answers it); everything else is. Returns the status
 /// and whether the client connection stays open.
-#[allow(clippy::too_many_arguments)]
 async fn exchange(
     worker: &Worker,
     client: &mut TcpStream,
     b: &mut Buffers,
     info: &RequestInfo,
-    slot: PoolSlot,
-    address: &str,
-    served_by: Option<&str>,
+    to: Target<'_>,
 ) -> Result<(u16, bool), Failure> {
     // A pooled connection may have been closed by the server since; a request that
     // can be sent again is retried once on a fresh connection when that happens.
     let mut pooled = worker
         .pool
-        .checkout(slot, address, b.started, !info.retryable);
+        .checkout(to.slot, to.address, b.started, !info.retryable);
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
             Some(c) => c,
-            None => connect(address, worker.config.connect_timeout).await?,
+            None => connect(to.address, worker.config.connect_timeout).await?,
         };
-        match send_and_read_head(worker, client, &mut upstream, b, info, served_by).await {
-            Ok(res) => {
-                return relay(
-                    worker, client, upstream, b, info, slot, address, res, served_by,
-                )
-                .await
-            }
+        match send_and_read_head(worker, client, &mut upstream, b, info, to.served_by).await {
+            Ok(res) => return relay(worker, client, upstream, b, info, to, res).await,
             Err(Failure::Upstream(_)) if reused && info.retryable => continue,
             Err(f) => return Err(f),
         }
@@ -479,24 +470,21 @@ async fn send_and_read_head(
 
 /// Relays a response whose head is in `b.upstream_in`, then pools the upstream
 /// connection if it can carry another request.
-#[allow(clippy::too_many_arguments)]
 async fn relay(
     worker: &Worker,
     client: &mut TcpStream,
     mut upstream: TcpStream,
     b: &mut Buffers,
     info: &RequestInfo,
-    slot: PoolSlot,
-    address: &str,
+    to: Target<'_>,
     res: http1::ResponseInfo,
-    served_by: Option<&str>,
 ) -> Result<(u16, bool), Failure> {
     b.upstream_in.advance(res.head_len);
     if res.status == 101 {
         return tunnel(client, upstream, b).await.map(|()| (101, false));
     }
     let client_keeps = info.keep_alive && res.framing != Framing::UntilClose;
-    if res.status == 404 && served_by.is_some() {
+    if res.status == 404 && to.served_by.is_some() {
         // Answered by the caller; the body is not read, so the connection is dropped.
         return Ok((404, client_keeps));
     }
@@ -511,7 +499,9 @@ async fn relay(
                 .await
                 .map_err(|_| Failure::Midway)?;
             if res.reusable && b.upstream_in.is_empty() {
-                worker.pool.checkin(slot, address, upstream, b.started);
+                worker
+                    .pool
+                    .checkin(to.slot, to.address, upstream, b.started);
             }
             return Ok((res.status, client_keeps));
         }
@@ -523,13 +513,15 @@ async fn relay(
     match copy_body(res.framing, &mut b.upstream_in, &mut upstream, client).await {
         Ok(()) => {}
         Err(CopyError::Source(e)) => {
-            log::debug!("{address} broke off its response: {e}");
+            log::debug!("{} broke off its response: {e}", to.address);
             return Err(Failure::Midway);
         }
         Err(CopyError::Sink) => return Err(Failure::Midway),
     }
     if res.reusable && b.upstream_in.is_empty() {
-        worker.pool.checkin(slot, address, upstream, b.started);
+        worker
+            .pool
+            .checkin(to.slot, to.address, upstream, b.started);
     }
     Ok((res.status, client_keeps))
 }
@@ -546,19 +538,12 @@ async fn tunnel(
         .await
         .map_err(|_| Failure::Midway)?;
     // Bytes that came with the 101, or that the client sent after its handshake.
-    if !b.upstream_in.is_empty() {
-        client
-            .write_all(&b.upstream_in)
-            .await
-            .map_err(|_| Failure::Midway)?;
-        b.upstream_in.clear();
-    }
-    if !b.client_in.is_empty() {
-        upstream
-            .write_all(&b.client_in)
-            .await
-            .map_err(|_| Failure::Midway)?;
-        b.client_in.clear();
+    for (dst, early) in [
+        (&mut *client, &mut b.upstream_in),
+        (&mut upstream, &mut b.client_in),
+    ] {
+        dst.write_all(early).await.map_err(|_| Failure::Midway)?;
+        early.clear();
     }
     match tokio::io::copy_bidirectional(client, &mut upstream).await {
         Ok(_) => Ok(()),

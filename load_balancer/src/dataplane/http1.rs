@@ -134,16 +134,18 @@ fn lists(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
 
 /// The options a message's `Connection` headers list, gathered once so that checking
 /// each header against them does not rescan every header (quadratic in their count).
-struct ConnectionOptions<'b> {
+struct ConnectionOptions<'h, 'b> {
+    headers: &'h [httparse::Header<'b>],
     tokens: [&'b [u8]; 8],
     len: usize,
     /// More than fit: checks fall back to scanning the headers.
     more: bool,
 }
 
-impl<'b> ConnectionOptions<'b> {
-    fn of(headers: &[httparse::Header<'b>]) -> Self {
+impl<'h, 'b> ConnectionOptions<'h, 'b> {
+    fn of(headers: &'h [httparse::Header<'b>]) -> Self {
         let mut o = ConnectionOptions {
+            headers,
             tokens: [b""; 8],
             len: 0,
             more: false,
@@ -167,25 +169,32 @@ impl<'b> ConnectionOptions<'b> {
     }
 
     /// Whether the option `token` is listed (case-insensitive).
-    fn lists(&self, headers: &[httparse::Header<'_>], token: &str) -> bool {
+    fn lists(&self, token: &str) -> bool {
         if self.more {
-            return lists(headers, "connection", token);
+            return lists(self.headers, "connection", token);
         }
         self.tokens[..self.len]
             .iter()
             .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
     }
 
-    /// Whether header `name` is named as one to drop. Never the framing headers: the
-    /// body is forwarded as framed, so "Connection: content-length" must not leave it
-    /// unframed for the next hop. Nor `Host`, which every HTTP/1.1 request must carry:
-    /// "Connection: host" would turn a good request into the replica's 400.
-    fn drops(&self, headers: &[httparse::Header<'_>], name: &str) -> bool {
-        (self.len > 0 || self.more)
-            && !name.eq_ignore_ascii_case("content-length")
-            && !name.eq_ignore_ascii_case("transfer-encoding")
-            && !name.eq_ignore_ascii_case("host")
-            && self.lists(headers, name)
+    /// Whether header `name` stops at this hop: a hop-by-hop header, or one that
+    /// `Connection` names. `Connection` never strips the framing headers (the body is
+    /// forwarded as framed, so "Connection: content-length" must not leave it unframed
+    /// for the next hop) nor `Host`, which every HTTP/1.1 request must carry
+    /// ("Connection: host" would turn a good request into the replica's 400). While
+    /// protocols are `switching`, `Upgrade` goes on: it names the protocol asked for
+    /// or granted.
+    fn strips(&self, name: &str, switching: bool) -> bool {
+        if switching && name.eq_ignore_ascii_case("upgrade") {
+            return false;
+        }
+        HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || (self.len > 0 || self.more)
+                && !name.eq_ignore_ascii_case("content-length")
+                && !name.eq_ignore_ascii_case("transfer-encoding")
+                && !name.eq_ignore_ascii_case("host")
+                && self.lists(name)
     }
 }
 
@@ -322,13 +331,13 @@ pub fn rewrite_request(
         return Err(HeadError::Malformed("chunked body from an HTTP/1.0 client"));
     }
     let connection = ConnectionOptions::of(req.headers);
-    let closes = connection.lists(req.headers, "close");
+    let closes = connection.lists("close");
     // Only a bodiless HTTP/1.1 request that keeps its connection can become a tunnel:
     // after a 101 there is no framing left to find a body's end by.
     let upgrade = !http10
         && !closes
         && framing == Framing::Empty
-        && connection.lists(req.headers, "upgrade")
+        && connection.lists("upgrade")
         && header(req.headers, "upgrade").is_some();
     out.clear();
     out.extend_from_slice(req.method.as_bytes());
@@ -351,11 +360,9 @@ pub fn rewrite_request(
         if name.eq_ignore_ascii_case("host") {
             host = Some(h.value);
         }
-        let kept_for_upgrade = upgrade && name.eq_ignore_ascii_case("upgrade");
-        let dropped = !kept_for_upgrade && HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+        let dropped = connection.strips(name, upgrade)
             || name.eq_ignore_ascii_case("x-forwarded-proto")
-            || name.eq_ignore_ascii_case("x-forwarded-host")
-            || !kept_for_upgrade && connection.drops(req.headers, name);
+            || name.eq_ignore_ascii_case("x-forwarded-host");
         if dropped {
             continue;
         }
@@ -436,8 +443,8 @@ pub fn rewrite_response(
         }
     };
     let connection = ConnectionOptions::of(headers);
-    let upstream_closes = (minor == 0 && !connection.lists(headers, "keep-alive"))
-        || connection.lists(headers, "close");
+    let upstream_closes =
+        (minor == 0 && !connection.lists("keep-alive")) || connection.lists("close");
     // A 101 passes its `Upgrade` on: the client must learn which protocol it got.
     let switching = status == 101;
     out.clear();
@@ -450,10 +457,7 @@ pub fn rewrite_response(
         let name = h.name;
         // Chunked framing is passed through as it is, so its header stays; a length
         // beside it must go (RFC 9112, 6.3), or the client could read by the length.
-        let kept_for_upgrade = switching && name.eq_ignore_ascii_case("upgrade");
-        if !kept_for_upgrade
-            && (HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
-                || connection.drops(headers, name))
+        if connection.strips(name, switching)
             || (framing == Framing::Chunked && name.eq_ignore_ascii_case("content-length"))
             // Ours is the one that says who served it.
             || (served_by.is_some() && name.eq_ignore_ascii_case("x-served-by"))
