@@ -135,24 +135,28 @@ TICK=$(getconf CLK_TCK)
 # Idle + iowait ticks of the whole machine: a proxy that leaves cores idle while the
 # load waits on it loses requests/s that its CPU per request does not show.
 idle_ticks() { awk '/^cpu /{print $5 + $6}' /proc/stat; }
+# Ticks the machine spent working (user, nice, system, irq, softirq; not steal).
+busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 : >"$OUT/runs.txt"
 for round in $(seq "$ROUNDS"); do
   for t in "${targets[@]}"; do
     IFS=: read -r name port pid <<<"$t"
     echo "round $round/$ROUNDS: $name" >&2
     before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
-    idle_before=$(idle_ticks)
+    idle_before=$(idle_ticks) busy_before=$(busy_ticks)
     out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/random-id.lua" "http://127.0.0.1:$port/")
     after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
-    idle_after=$(idle_ticks)
-    printf '=== %s\ncpu_seconds: %s\nidle_cores: %s\n%s\n' "$name" \
+    idle_after=$(idle_ticks) busy_after=$(busy_ticks)
+    printf '=== %s\ncpu_seconds: %s\nidle_cores: %s\nbusy_seconds: %s\n%s\n' "$name" \
       "$(awk "BEGIN {print ($after - $before) / $TICK}")" \
-      "$(awk "BEGIN {print ($idle_after - $idle_before) / $TICK / $DURATION}")" "$out" >>"$OUT/runs.txt"
+      "$(awk "BEGIN {print ($idle_after - $idle_before) / $TICK / $DURATION}")" \
+      "$(awk "BEGIN {print ($busy_after - $busy_before) / $TICK}")" "$out" >>"$OUT/runs.txt"
   done
 done
 
-python3 - "$OUT/runs.txt" <<'EOF'
+python3 - "$OUT/runs.txt" "$(nproc)" <<'EOF'
 import re, statistics, sys
+cores = int(sys.argv[2])
 runs = {}
 for block in open(sys.argv[1]).read().split("=== ")[1:]:
     name, _, body = block.partition("\n")
@@ -167,16 +171,31 @@ for block in open(sys.argv[1]).read().split("=== ")[1:]:
     total = int(re.search(r"(\d+) requests in", body).group(1))
     cpu = float(re.search(r"cpu_seconds: ([\d.]+)", body).group(1))
     idle = float(re.search(r"idle_cores: ([\d.]+)", body).group(1))
-    runs.setdefault(name, []).append((rps, ms("50"), ms("99"), errors, cpu * 1e6 / total, idle))
+    busy = float(re.search(r"busy_seconds: ([\d.]+)", body).group(1))
+    runs.setdefault(name, []).append((rps, ms("50"), ms("99"), errors, cpu * 1e6 / total, idle,
+                                      busy * 1e6 / total))
 med = {n: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
            statistics.median(r[2] for r in v), sum(r[3] for r in v),
-           statistics.median(r[4] for r in v), statistics.median(r[5] for r in v))
+           statistics.median(r[4] for r in v), statistics.median(r[5] for r in v),
+           # Everything the machine spent per request (wrk, backend, proxy, kernel):
+           # with the cores shared, requests/s can reach at most cores / this.
+           statistics.median(r[6] for r in v))
        for n, v in runs.items()}
 peer = max(("nginx", "haproxy"), key=lambda n: med[n][0])
-print(f"\nmedian of {len(runs['nginx'])} rounds; better peer: {peer}\n")
-print(f"| target | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req | idle cores | req/s ÷ {peer} | p99 ÷ {peer} |")
-print("|---|---|---|---|---|---|---|---|---|")
-for n, (rps, p50, p99, err, cpu, idle) in med.items():
+# The machine drifts within a run; a ratio taken inside each round, against the better
+# peer of that round, cancels the drift that the medians of whole columns keep.
+best = [max(a[0], b[0]) for a, b in zip(runs["nginx"], runs["haproxy"])]
+paired = {n: statistics.median(r[0] / b for r, b in zip(v, best)) for n, v in runs.items()}
+print(f"\nmedian of {len(runs['nginx'])} rounds on {cores} cores; better peer: {peer}\n")
+print(f"| target | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req | machine CPU µs/req | idle cores "
+      f"| req/s ÷ {peer} | req/s ÷ better peer of each round | p99 ÷ {peer} |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for n, (rps, p50, p99, err, cpu, idle, machine) in med.items():
     cpu_text = f"{cpu:.1f}" if cpu > 0 else "–"
-    print(f"| {n} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {err} | {cpu_text} | {idle:.2f} | {rps / med[peer][0]:.2f} | {p99 / med[peer][2]:.2f} |")
+    print(f"| {n} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {err} | {cpu_text} | {machine:.1f} | {idle:.2f} "
+          f"| {rps / med[peer][0]:.2f} | {paired[n]:.2f} | {p99 / med[peer][2]:.2f} |")
+ceiling = {n: cores * 1e6 / med[n][6] for n in ("nginx", "haproxy", "load_balancer")}
+print(f"\nreq/s with no core ever idle (cores ÷ machine CPU per request): "
+      + ", ".join(f"{n} {c:,.0f}" for n, c in ceiling.items())
+      + f"; load_balancer ÷ better peer {ceiling['load_balancer'] / max(ceiling['nginx'], ceiling['haproxy']):.2f}")
 EOF
