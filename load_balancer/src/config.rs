@@ -145,7 +145,8 @@ pub struct Config {
     #[arg(long, env = "LB_RESPONSE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub response_timeout: Duration,
 
-    /// How long an idle keep-alive client connection stays open.
+    /// How long anything may stay silent: a keep-alive connection between requests,
+    /// a body in the middle, an upgraded tunnel in both directions.
     #[arg(long, env = "LB_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 

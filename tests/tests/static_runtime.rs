@@ -45,9 +45,9 @@ fn balancer(backends: &[String], extra: &[&str]) -> Service {
 }
 
 /// A hand-written HTTP/1.1 backend: `/heartbeat` answers at once, `/slow` after
-/// `delay`, a request to switch protocols (or to `/rogue-switch`, asked or not) gets
-/// `101` and then an echo of every byte,
-/// anything else echoes the request head and body back as text.
+/// `delay`, `/stall` sends a tenth of its body and the rest after `delay`, a request
+/// to switch protocols (or to `/rogue-switch`, asked or not) gets `101` and then an
+/// echo of every byte, anything else echoes the request head and body back as text.
 struct TestBackend {
     addr: String,
     requests: Arc<AtomicUsize>,
@@ -123,6 +123,12 @@ fn serve(stream: TcpStream, delay: Duration, counter: &AtomicUsize) {
             let _ = std::io::copy(&mut reader, &mut out);
             let _ = out.shutdown(std::net::Shutdown::Write);
             return;
+        }
+        if path == "/stall" {
+            let _ = out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789");
+            std::thread::sleep(delay);
+            let _ = out.write_all(&[b'x'; 90]);
+            continue;
         }
         let reply = match path.as_str() {
             "/heartbeat" => String::new(),
@@ -249,6 +255,85 @@ fn an_upgrade_becomes_a_tunnel_to_the_replica_both_ways() {
         "{} bytes came back of {}",
         back.len(),
         payload.len()
+    );
+}
+
+#[test]
+fn a_tunnel_stays_open_while_bytes_move_and_closes_once_silent() {
+    let echo = TestBackend::start(Duration::ZERO);
+    let lb = balancer(
+        &[format!("echo={}", echo.addr)],
+        &["--idle-timeout", "800ms"],
+    );
+    let mut s = TcpStream::connect(lb.base.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).ends_with("hello from the tunnel\n") {
+        let n = s.read(&mut buf).expect("the tunnel answers");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    // Three times the idle timeout, a message every 250 ms: the tunnel stays open.
+    let talking = Instant::now();
+    while talking.elapsed() < Duration::from_millis(2400) {
+        s.write_all(b"ping\n").unwrap();
+        let mut echoed = [0u8; 5];
+        s.read_exact(&mut echoed).expect("an echo while talking");
+        assert_eq!(&echoed, b"ping\n");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let silent = Instant::now();
+    assert!(
+        matches!(s.read(&mut buf), Ok(0)),
+        "the silent tunnel stayed open"
+    );
+    let took = silent.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "closed after {took:?} of silence"
+    );
+}
+
+#[test]
+fn a_replica_that_stalls_mid_body_is_cut_off_after_the_idle_timeout() {
+    let stalling = TestBackend::start(Duration::from_secs(30));
+    let lb = balancer(
+        &[format!("stall={}", stalling.addr)],
+        &["--idle-timeout", "500ms"],
+    );
+    let started = Instant::now();
+    let reply = raw_exchange(&lb, b"GET /stall HTTP/1.1\r\nHost: t\r\n\r\n", None);
+    let took = started.elapsed();
+    // The client has what the replica sent, and a close instead of a 30 s wait.
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\n0123456789"), "{reply}");
+    assert!(took < Duration::from_secs(5), "closed only after {took:?}");
+}
+
+#[test]
+fn a_client_that_stalls_mid_body_is_cut_off_after_the_idle_timeout() {
+    let echo = TestBackend::start(Duration::ZERO);
+    let lb = balancer(
+        &[format!("echo={}", echo.addr)],
+        &["--idle-timeout", "500ms"],
+    );
+    let mut s = TcpStream::connect(lb.base.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    assert!(
+        matches!(s.read(&mut buf), Ok(0)),
+        "the stalled upload stayed open"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "closed after {took:?}"
     );
 }
 

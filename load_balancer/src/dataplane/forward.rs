@@ -34,7 +34,8 @@ pub struct ForwardConfig {
     pub hash_key: HashKey,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
-    /// How long an idle keep-alive client connection is kept open.
+    /// How long an idle keep-alive client connection is kept open, and how long a
+    /// body or a tunnel may go without moving a byte.
     pub idle_timeout: Duration,
     /// How long a client may take to send a request head once it started one, so a
     /// client that trickles bytes does not hold a connection forever.
@@ -404,7 +405,11 @@ async fn send_and_read_head(
     if let Err(e) = upstream.write_all(&b.request_head).await {
         return Err(Failure::Upstream(format!("write: {e}")));
     }
-    match copy_body(info.framing, &mut b.client_in, client, upstream).await {
+    let body = Pace {
+        deadline: &mut b.client_deadline,
+        idle: worker.config.idle_timeout,
+    };
+    match copy_body(info.framing, &mut b.client_in, client, upstream, body).await {
         Ok(()) => {}
         Err(CopyError::Source(e)) => {
             log::debug!("reading the request body: {e}");
@@ -481,7 +486,10 @@ async fn relay(
 ) -> Result<(u16, bool), Failure> {
     b.upstream_in.advance(res.head_len);
     if res.status == 101 {
-        return tunnel(client, upstream, b).await.map(|()| (101, false));
+        let idle = worker.config.idle_timeout;
+        return tunnel(client, upstream, b, idle)
+            .await
+            .map(|()| (101, false));
     }
     let client_keeps = info.keep_alive && res.framing != Framing::UntilClose;
     if res.status == 404 && to.served_by.is_some() {
@@ -510,7 +518,11 @@ async fn relay(
         .write_all(&b.response_head)
         .await
         .map_err(|_| Failure::Midway)?;
-    match copy_body(res.framing, &mut b.upstream_in, &mut upstream, client).await {
+    let body = Pace {
+        deadline: &mut b.upstream_deadline,
+        idle: worker.config.idle_timeout,
+    };
+    match copy_body(res.framing, &mut b.upstream_in, &mut upstream, client, body).await {
         Ok(()) => {}
         Err(CopyError::Source(e)) => {
             log::debug!("{} broke off its response: {e}", to.address);
@@ -527,11 +539,13 @@ async fn relay(
 }
 
 /// After a `101 Switching Protocols`: relays the head, then bytes both ways until
-/// either side closes. Nothing can be retried from here on.
+/// either side closes or both stay silent for `idle`. Nothing can be retried from
+/// here on.
 async fn tunnel(
     client: &mut TcpStream,
     mut upstream: TcpStream,
     b: &mut Buffers,
+    idle: Duration,
 ) -> Result<(), Failure> {
     client
         .write_all(&b.response_head)
@@ -545,12 +559,28 @@ async fn tunnel(
         dst.write_all(early).await.map_err(|_| Failure::Midway)?;
         early.clear();
     }
-    match tokio::io::copy_bidirectional(client, &mut upstream).await {
-        Ok(_) => Ok(()),
+    match super::tunnel::relay(client, &mut upstream, idle).await {
+        Ok(()) => Ok(()),
         Err(e) => {
             log::debug!("tunnel ended: {e}");
             Err(Failure::Midway)
         }
+    }
+}
+
+/// How long each step of a body copy may wait: a body can take any time as long as
+/// its bytes keep moving, but a peer that stops sending or reading mid-body would
+/// otherwise hold both connections forever.
+struct Pace<'a> {
+    deadline: &'a mut Deadline,
+    idle: Duration,
+}
+
+impl Pace<'_> {
+    /// Runs one read or write, `None` if it waited longer than the idle timeout.
+    async fn step<F: std::future::Future>(&mut self, io: F) -> Option<F::Output> {
+        self.deadline.set(Instant::now() + self.idle);
+        self.deadline.run(io).await
     }
 }
 
@@ -561,6 +591,7 @@ async fn copy_body(
     buf: &mut BytesMut,
     src: &mut TcpStream,
     dst: &mut TcpStream,
+    mut pace: Pace<'_>,
 ) -> Result<(), CopyError> {
     let mut left = match framing {
         Framing::Empty => return Ok(()),
@@ -571,11 +602,12 @@ async fn copy_body(
     loop {
         if buf.is_empty() {
             buf.reserve(READ_CHUNK);
-            match src.read_buf(buf).await {
-                Ok(0) if framing == Framing::UntilClose => return Ok(()),
-                Ok(0) => return Err(CopyError::Source("closed mid-body".into())),
-                Ok(_) => {}
-                Err(e) => return Err(CopyError::Source(e.to_string())),
+            match pace.step(src.read_buf(buf)).await {
+                Some(Ok(0)) if framing == Framing::UntilClose => return Ok(()),
+                Some(Ok(0)) => return Err(CopyError::Source("closed mid-body".into())),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(CopyError::Source(e.to_string())),
+                None => return Err(CopyError::Source(format!("silent for {:?}", pace.idle))),
             }
         }
         let take = match framing {
@@ -584,9 +616,9 @@ async fn copy_body(
                 .map_err(|e| CopyError::Source(e.to_string()))?,
             _ => buf.len().min(left.min(usize::MAX as u64) as usize),
         };
-        dst.write_all(&buf[..take])
-            .await
-            .map_err(|_| CopyError::Sink)?;
+        if !matches!(pace.step(dst.write_all(&buf[..take])).await, Some(Ok(()))) {
+            return Err(CopyError::Sink);
+        }
         buf.advance(take);
         if framing == Framing::Length(0) || framing == Framing::Chunked && chunked.done() {
             return Ok(());

@@ -10,6 +10,7 @@ mod deadline;
 pub mod forward;
 pub mod http1;
 mod pool;
+mod tunnel;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -77,11 +78,10 @@ impl DataPlane {
                         let rt = tokio::runtime::Builder::new_current_thread()
                             .enable_io()
                             .enable_time()
-                            .build()
+                            .build_local(Default::default())
                             .expect("a runtime for the worker");
-                        let local = tokio::task::LocalSet::new();
                         let worker = Rc::new(forward::Worker::new(config, snapshot, metrics, rx));
-                        local.block_on(&rt, accept_loop(l, worker, count, drain));
+                        rt.block_on(accept_loop(l, worker, count, drain));
                     })?,
             );
         }
