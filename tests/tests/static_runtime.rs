@@ -170,6 +170,33 @@ fn read_chunked(reader: &mut impl BufRead) -> Option<Vec<u8>> {
     }
 }
 
+/// A balancer over `backend` with `--idle-timeout idle`, and a client connection to it.
+fn connected_with_idle_timeout(
+    backend: TestBackend,
+    idle: &str,
+) -> (TestBackend, Service, TcpStream) {
+    let lb = balancer(
+        &[format!("only={}", backend.addr)],
+        &["--idle-timeout", idle],
+    );
+    let s = TcpStream::connect(lb.base.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    (backend, lb, s)
+}
+
+/// Asserts that the balancer closes `s` (whose read timeout is longer) no sooner than
+/// `at_least` from now, and within 5 s.
+fn closes_after_a_while(s: &mut TcpStream, at_least: Duration, what: &str) {
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    assert!(matches!(s.read(&mut buf), Ok(0)), "{what} stayed open");
+    let took = started.elapsed();
+    assert!(
+        took >= at_least && took < Duration::from_secs(5),
+        "{what} closed after {took:?}"
+    );
+}
+
 /// Sends raw bytes to the balancer and reads until it closes or `until` is seen.
 fn raw_exchange(lb: &Service, request: &[u8], until: Option<&str>) -> String {
     let mut s = TcpStream::connect(lb.base.trim_start_matches("http://")).unwrap();
@@ -260,13 +287,8 @@ fn an_upgrade_becomes_a_tunnel_to_the_replica_both_ways() {
 
 #[test]
 fn a_tunnel_stays_open_while_bytes_move_and_closes_once_silent() {
-    let echo = TestBackend::start(Duration::ZERO);
-    let lb = balancer(
-        &[format!("echo={}", echo.addr)],
-        &["--idle-timeout", "800ms"],
-    );
-    let mut s = TcpStream::connect(lb.base.trim_start_matches("http://")).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (_echo, _lb, mut s) =
+        connected_with_idle_timeout(TestBackend::start(Duration::ZERO), "800ms");
     s.write_all(b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .unwrap();
     let mut got = Vec::new();
@@ -285,16 +307,7 @@ fn a_tunnel_stays_open_while_bytes_move_and_closes_once_silent() {
         assert_eq!(&echoed, b"ping\n");
         std::thread::sleep(Duration::from_millis(250));
     }
-    let silent = Instant::now();
-    assert!(
-        matches!(s.read(&mut buf), Ok(0)),
-        "the silent tunnel stayed open"
-    );
-    let took = silent.elapsed();
-    assert!(
-        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
-        "closed after {took:?} of silence"
-    );
+    closes_after_a_while(&mut s, Duration::from_millis(500), "the silent tunnel");
 }
 
 #[test]
@@ -314,27 +327,40 @@ fn a_replica_that_stalls_mid_body_is_cut_off_after_the_idle_timeout() {
 }
 
 #[test]
-fn a_client_that_stalls_mid_body_is_cut_off_after_the_idle_timeout() {
-    let echo = TestBackend::start(Duration::ZERO);
-    let lb = balancer(
-        &[format!("echo={}", echo.addr)],
-        &["--idle-timeout", "500ms"],
+fn a_client_that_stops_reading_is_cut_off_after_the_idle_timeout() {
+    // A 16 MB answer (the echo of a 16 MB upload) to a client that reads none of it:
+    // past what the sockets' buffers hold, the balancer's writes stall, and after
+    // the idle timeout it closes instead of holding both connections forever.
+    let (_echo, _lb, mut s) =
+        connected_with_idle_timeout(TestBackend::start(Duration::ZERO), "500ms");
+    let body = vec![b'y'; 16 << 20];
+    let head = format!(
+        "POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
     );
-    let mut s = TcpStream::connect(lb.base.trim_start_matches("http://")).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(
+        String::from_utf8_lossy(&got[..got.len().min(64)]).starts_with("HTTP/1.1 200"),
+        "no answer began"
+    );
+    assert!(
+        got.len() < body.len(),
+        "all {} bytes were kept for a client that was not reading",
+        got.len()
+    );
+}
+
+#[test]
+fn a_client_that_stalls_mid_body_is_cut_off_after_the_idle_timeout() {
+    let (_echo, _lb, mut s) =
+        connected_with_idle_timeout(TestBackend::start(Duration::ZERO), "500ms");
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
         .unwrap();
-    let started = Instant::now();
-    let mut buf = [0u8; 256];
-    assert!(
-        matches!(s.read(&mut buf), Ok(0)),
-        "the stalled upload stayed open"
-    );
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
-        "closed after {took:?}"
-    );
+    closes_after_a_while(&mut s, Duration::from_millis(300), "the stalled upload");
 }
 
 #[test]

@@ -15,16 +15,17 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::body::{copy_body, CopyError, Pace};
 use super::deadline::Deadline;
-use super::http1::{self, Chunked, Framing, HeadError, Peer, RequestInfo, MAX_HEADERS};
+use super::http1::{self, Framing, HeadError, Peer, RequestInfo, MAX_HEADERS};
 use super::pool::{Pool, PoolSlot};
+use super::READ_CHUNK;
 use crate::api;
 use crate::error::ApiError;
 use crate::hashkey::HashKey;
 use crate::metrics::Metrics;
 use crate::snapshot::SharedSnapshot;
 
-const READ_CHUNK: usize = 16 * 1024;
 /// How long an admin call may take, queued behind others included.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -91,6 +92,31 @@ struct Buffers {
     upstream_deadline: Deadline,
     /// When the current request's head was complete.
     started: Instant,
+    /// `--idle-timeout`: how long a body, a tunnel or a write to the client may go
+    /// without moving a byte.
+    idle: Duration,
+}
+
+impl Buffers {
+    /// Writes `bytes` to the client; `false` if that failed or the client read
+    /// nothing for the idle timeout (one that stops reading must not hold its
+    /// connection, and the exchange in flight, forever).
+    async fn write_client(&mut self, client: &mut TcpStream, bytes: &[u8]) -> bool {
+        let mut pace = Pace {
+            deadline: &mut self.client_deadline,
+            idle: self.idle,
+        };
+        pace.write(client, bytes).await
+    }
+
+    /// [`Buffers::write_client`] for the response head in `response_head`.
+    async fn write_head(&mut self, client: &mut TcpStream) -> bool {
+        let mut pace = Pace {
+            deadline: &mut self.client_deadline,
+            idle: self.idle,
+        };
+        pace.write(client, &self.response_head).await
+    }
 }
 
 /// Why an exchange with one upstream ended without a response.
@@ -107,12 +133,6 @@ enum Failure {
     Client,
     /// Part of a response already reached the client: all we can do is close.
     Midway,
-}
-
-/// Which side of a body copy failed.
-enum CopyError {
-    Source(String),
-    Sink,
 }
 
 /// Which server a request goes to.
@@ -139,6 +159,7 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
         client_deadline: Deadline::new(now + worker.config.idle_timeout),
         upstream_deadline: Deadline::new(now + worker.config.response_timeout),
         started: now,
+        idle: worker.config.idle_timeout,
     };
     loop {
         let (info, route) = match read_head(&worker, &mut client, &peer, &mut b, &mut shutdown)
@@ -151,7 +172,7 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
                 let body = ApiError::bad(e.to_string()).body();
                 let reply =
                     http1::simple_response(status, "Bad Request", "application/json", &body, true);
-                let _ = client.write_all(&reply).await;
+                b.write_client(&mut client, &reply).await;
                 return;
             }
         };
@@ -167,13 +188,14 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
                     Err(Failure::Upstream(e) | Failure::Connect(e)) => {
                         reply_error(
                             &mut client,
+                            &mut b,
                             &info,
                             ApiError::Unavailable(format!("admin API: {e}")),
                         )
                         .await
                     }
                     Err(Failure::Timeout) => {
-                        reply_error(&mut client, &info, ApiError::GatewayTimeout).await
+                        reply_error(&mut client, &mut b, &info, ApiError::GatewayTimeout).await
                     }
                     Err(Failure::Client | Failure::Midway) => false,
                 }
@@ -181,7 +203,7 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
             Route::AdminElsewhere => {
                 let err =
                     ApiError::Forbidden(format!("{} is served on the admin address only", b.path));
-                reply_error(&mut client, &info, err).await
+                reply_error(&mut client, &mut b, &info, err).await
             }
             Route::Replicas => forward(&worker, &mut client, &mut b, &info).await,
         };
@@ -272,7 +294,7 @@ async fn forward(
     let snap = worker.snapshot.load_full();
     if snap.routing.table.is_empty() {
         let err = ApiError::Unavailable("No replica is available".into());
-        return reply_error(client, info, err).await;
+        return reply_error(client, b, info, err).await;
     }
     let metrics = &worker.metrics;
     let mut last_error = None;
@@ -296,7 +318,7 @@ async fn forward(
                 backend.clear_failures();
                 if status == 404 {
                     let err = ApiError::UnknownEndpoint(b.path.clone());
-                    return reply_error(client, info, err).await && keep_alive;
+                    return reply_error(client, b, info, err).await && keep_alive;
                 }
                 return keep_alive;
             }
@@ -319,17 +341,22 @@ async fn forward(
             }
             Err(Failure::Timeout) => {
                 backend.counters.error();
-                return reply_error(client, info, ApiError::GatewayTimeout).await;
+                return reply_error(client, b, info, ApiError::GatewayTimeout).await;
             }
             Err(Failure::Client | Failure::Midway) => return false,
         }
     }
     let last_error = last_error.unwrap_or_else(|| "no candidate".into());
-    reply_error(client, info, ApiError::BadGateway(last_error)).await
+    reply_error(client, b, info, ApiError::BadGateway(last_error)).await
 }
 
 /// Writes an error of ours; returns whether the connection stays open.
-async fn reply_error(client: &mut TcpStream, info: &RequestInfo, err: ApiError) -> bool {
+async fn reply_error(
+    client: &mut TcpStream,
+    b: &mut Buffers,
+    info: &RequestInfo,
+    err: ApiError,
+) -> bool {
     // An unread request body would be taken for the next request: close instead.
     let close = !info.keep_alive || info.framing != Framing::Empty;
     let reply = http1::simple_response(
@@ -339,7 +366,7 @@ async fn reply_error(client: &mut TcpStream, info: &RequestInfo, err: ApiError) 
         &err.body(),
         close,
     );
-    client.write_all(&reply).await.is_ok() && !close
+    b.write_client(client, &reply).await && !close
 }
 
 /// Where one exchange goes.
@@ -407,7 +434,7 @@ async fn send_and_read_head(
     }
     let body = Pace {
         deadline: &mut b.client_deadline,
-        idle: worker.config.idle_timeout,
+        idle: b.idle,
     };
     match copy_body(info.framing, &mut b.client_in, client, upstream, body).await {
         Ok(()) => {}
@@ -450,10 +477,9 @@ async fn send_and_read_head(
                 return Err(Failure::Upstream("switched protocols unasked".into()));
             }
             if (100..200).contains(&res.status) {
-                client
-                    .write_all(&b.response_head)
-                    .await
-                    .map_err(|_| Failure::Client)?;
+                if !b.write_head(client).await {
+                    return Err(Failure::Client);
+                }
                 b.upstream_in.advance(res.head_len);
                 continue;
             }
@@ -486,10 +512,7 @@ async fn relay(
 ) -> Result<(u16, bool), Failure> {
     b.upstream_in.advance(res.head_len);
     if res.status == 101 {
-        let idle = worker.config.idle_timeout;
-        return tunnel(client, upstream, b, idle)
-            .await
-            .map(|()| (101, false));
+        return tunnel(client, upstream, b).await.map(|()| (101, false));
     }
     let client_keeps = info.keep_alive && res.framing != Framing::UntilClose;
     if res.status == 404 && to.served_by.is_some() {
@@ -502,25 +525,25 @@ async fn relay(
             let n = n as usize;
             b.response_head.extend_from_slice(&b.upstream_in[..n]);
             b.upstream_in.advance(n);
-            client
-                .write_all(&b.response_head)
-                .await
-                .map_err(|_| Failure::Midway)?;
+            // The replica is done: its connection goes back before a slow client
+            // can hold it.
             if res.reusable && b.upstream_in.is_empty() {
                 worker
                     .pool
                     .checkin(to.slot, to.address, upstream, b.started);
             }
+            if !b.write_head(client).await {
+                return Err(Failure::Midway);
+            }
             return Ok((res.status, client_keeps));
         }
     }
-    client
-        .write_all(&b.response_head)
-        .await
-        .map_err(|_| Failure::Midway)?;
+    if !b.write_head(client).await {
+        return Err(Failure::Midway);
+    }
     let body = Pace {
         deadline: &mut b.upstream_deadline,
-        idle: worker.config.idle_timeout,
+        idle: b.idle,
     };
     match copy_body(res.framing, &mut b.upstream_in, &mut upstream, client, body).await {
         Ok(()) => {}
@@ -539,95 +562,35 @@ async fn relay(
 }
 
 /// After a `101 Switching Protocols`: relays the head, then bytes both ways until
-/// either side closes or both stay silent for `idle`. Nothing can be retried from
-/// here on.
+/// either side closes or both stay silent for the idle timeout. Nothing can be
+/// retried from here on.
 async fn tunnel(
     client: &mut TcpStream,
     mut upstream: TcpStream,
     b: &mut Buffers,
-    idle: Duration,
 ) -> Result<(), Failure> {
-    client
-        .write_all(&b.response_head)
-        .await
-        .map_err(|_| Failure::Midway)?;
+    if !b.write_head(client).await {
+        return Err(Failure::Midway);
+    }
     // Bytes that came with the 101, or that the client sent after its handshake.
+    let mut pace = Pace {
+        deadline: &mut b.client_deadline,
+        idle: b.idle,
+    };
     for (dst, early) in [
         (&mut *client, &mut b.upstream_in),
         (&mut upstream, &mut b.client_in),
     ] {
-        dst.write_all(early).await.map_err(|_| Failure::Midway)?;
+        if !pace.write(dst, early).await {
+            return Err(Failure::Midway);
+        }
         early.clear();
     }
-    match super::tunnel::relay(client, &mut upstream, idle).await {
+    match super::tunnel::relay(client, &mut upstream, b.idle).await {
         Ok(()) => Ok(()),
         Err(e) => {
             log::debug!("tunnel ended: {e}");
             Err(Failure::Midway)
-        }
-    }
-}
-
-/// How long each step of a body copy may wait: a body can take any time as long as
-/// its bytes keep moving, but a peer that stops sending or reading mid-body would
-/// otherwise hold both connections forever.
-struct Pace<'a> {
-    deadline: &'a mut Deadline,
-    idle: Duration,
-}
-
-impl Pace<'_> {
-    /// Runs one read or write, `None` if it waited longer than the idle timeout.
-    async fn step<F: std::future::Future>(&mut self, io: F) -> Option<F::Output> {
-        self.deadline.set(Instant::now() + self.idle);
-        self.deadline.run(io).await
-    }
-}
-
-/// Copies one body from `src` to `dst` by its framing, starting with what is
-/// already in `buf`. Bytes after the body's end stay in `buf`.
-async fn copy_body(
-    framing: Framing,
-    buf: &mut BytesMut,
-    src: &mut TcpStream,
-    dst: &mut TcpStream,
-    mut pace: Pace<'_>,
-) -> Result<(), CopyError> {
-    let mut left = match framing {
-        Framing::Empty => return Ok(()),
-        Framing::Length(n) => n,
-        Framing::Chunked | Framing::UntilClose => u64::MAX,
-    };
-    let mut chunked = Chunked::default();
-    loop {
-        if buf.is_empty() {
-            buf.reserve(READ_CHUNK);
-            match pace.step(src.read_buf(buf)).await {
-                Some(Ok(0)) if framing == Framing::UntilClose => return Ok(()),
-                Some(Ok(0)) => return Err(CopyError::Source("closed mid-body".into())),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(CopyError::Source(e.to_string())),
-                None => return Err(CopyError::Source(format!("silent for {:?}", pace.idle))),
-            }
-        }
-        let take = match framing {
-            Framing::Chunked => chunked
-                .feed(buf)
-                .map_err(|e| CopyError::Source(e.to_string()))?,
-            _ => buf.len().min(left.min(usize::MAX as u64) as usize),
-        };
-        if !matches!(pace.step(dst.write_all(&buf[..take])).await, Some(Ok(()))) {
-            return Err(CopyError::Sink);
-        }
-        buf.advance(take);
-        if framing == Framing::Length(0) || framing == Framing::Chunked && chunked.done() {
-            return Ok(());
-        }
-        if let Framing::Length(_) = framing {
-            left -= take as u64;
-            if left == 0 {
-                return Ok(());
-            }
         }
     }
 }

@@ -6,10 +6,13 @@
 //! API server on loopback like any other upstream, so the API keeps its framework and
 //! the hot path keeps none.
 
+mod body;
 mod deadline;
 pub mod forward;
 pub mod http1;
 mod pool;
+#[cfg(test)]
+mod testing;
 mod tunnel;
 
 use std::cell::Cell;
@@ -22,6 +25,9 @@ use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 
 pub use forward::ForwardConfig;
+
+/// How much a socket read asks for at most.
+const READ_CHUNK: usize = 16 * 1024;
 
 use crate::metrics::Metrics;
 use crate::snapshot::SharedSnapshot;

@@ -104,18 +104,8 @@ impl AsyncWrite for Watched<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::testing::pair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    /// Two connected loopback sockets.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let near = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (far, _) = listener.accept().await.unwrap();
-        (near, far)
-    }
 
     #[tokio::test]
     async fn bytes_cross_both_ways_and_a_close_on_both_sides_ends_it() {
@@ -142,25 +132,27 @@ mod tests {
         relayed.unwrap();
     }
 
+    const IDLE: Duration = Duration::from_secs(60);
+
+    /// How long a tunnel between these sockets lasted before it ended for silence.
+    async fn lasted(mut client_side: TcpStream, mut upstream_side: TcpStream) -> Duration {
+        let started = Instant::now();
+        let ended = relay(&mut client_side, &mut upstream_side, IDLE).await;
+        assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        started.elapsed()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_tunnel_ends_after_the_idle_timeout() {
-        let (_client, mut client_side) = pair().await;
-        let (mut upstream_side, _upstream) = pair().await;
-        let started = Instant::now();
-        let ended = relay(
-            &mut client_side,
-            &mut upstream_side,
-            Duration::from_secs(60),
-        )
-        .await;
-        assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::TimedOut);
-        assert!(started.elapsed() >= Duration::from_secs(60));
+        let (_client, client_side) = pair().await;
+        let (upstream_side, _upstream) = pair().await;
+        assert!(lasted(client_side, upstream_side).await >= IDLE);
     }
 
     #[tokio::test(start_paused = true)]
     async fn each_byte_moved_restarts_the_idle_timeout() {
-        let (mut client, mut client_side) = pair().await;
-        let (mut upstream_side, _upstream) = pair().await;
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, _upstream) = pair().await;
         let talker = tokio::spawn(async move {
             for _ in 0..5 {
                 tokio::time::sleep(Duration::from_secs(40)).await;
@@ -168,20 +160,9 @@ mod tests {
             }
             client
         });
-        let started = Instant::now();
-        let ended = relay(
-            &mut client_side,
-            &mut upstream_side,
-            Duration::from_secs(60),
-        )
-        .await;
-        assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::TimedOut);
         // Five bytes 40 s apart kept it open 200 s, then 60 s of silence ended it.
-        assert!(
-            started.elapsed() >= Duration::from_secs(260),
-            "{:?}",
-            started.elapsed()
-        );
+        let lasted = lasted(client_side, upstream_side).await;
+        assert!(lasted >= Duration::from_secs(260), "{lasted:?}");
         drop(talker.await.unwrap());
     }
 }
