@@ -23,11 +23,16 @@ pub enum CopyError {
 /// its bytes keep moving, but a peer that stops sending or reading mid-body would
 /// otherwise hold both connections forever.
 pub struct Pace<'a> {
-    pub deadline: &'a mut Deadline,
-    pub idle: Duration,
+    deadline: &'a mut Deadline,
+    idle: Duration,
 }
 
-impl Pace<'_> {
+impl<'a> Pace<'a> {
+    /// Steps on `deadline`, each allowed `idle`.
+    pub fn on(deadline: &'a mut Deadline, idle: Duration) -> Self {
+        Pace { deadline, idle }
+    }
+
     /// Runs one read or write, `None` if it waited longer than the idle timeout.
     pub async fn step<F: std::future::Future>(&mut self, io: F) -> Option<F::Output> {
         self.deadline.set(Instant::now() + self.idle);
@@ -102,10 +107,7 @@ mod tests {
         let mut deadline = Deadline::new(Instant::now() + IDLE);
         let mut buf = BytesMut::from(&b"5\r\nhello\r\n"[..]);
         sender.write_all(b"0\r\n\r\nGET /next").await.unwrap();
-        let pace = Pace {
-            deadline: &mut deadline,
-            idle: IDLE,
-        };
+        let pace = Pace::on(&mut deadline, IDLE);
         assert!(
             copy_body(Framing::Chunked, &mut buf, &mut src, &mut dst, pace)
                 .await
@@ -126,10 +128,7 @@ mod tests {
         let mut buf = BytesMut::new();
         sender.write_all(b"0123456789").await.unwrap();
         let started = Instant::now();
-        let pace = Pace {
-            deadline: &mut deadline,
-            idle: IDLE,
-        };
+        let pace = Pace::on(&mut deadline, IDLE);
         let copied = copy_body(Framing::Length(100), &mut buf, &mut src, &mut dst, pace).await;
         assert!(matches!(copied, Err(CopyError::Source(_))));
         assert!(started.elapsed() >= IDLE);
@@ -143,10 +142,7 @@ mod tests {
         // More than loopback buffers hold, all of it already in hand.
         let mut buf = BytesMut::from(&vec![b'x'; 64 << 20][..]);
         let started = Instant::now();
-        let pace = Pace {
-            deadline: &mut deadline,
-            idle: IDLE,
-        };
+        let pace = Pace::on(&mut deadline, IDLE);
         let copied = copy_body(
             Framing::Length(64 << 20),
             &mut buf,

@@ -102,20 +102,16 @@ impl Buffers {
     /// nothing for the idle timeout (one that stops reading must not hold its
     /// connection, and the exchange in flight, forever).
     async fn write_client(&mut self, client: &mut TcpStream, bytes: &[u8]) -> bool {
-        let mut pace = Pace {
-            deadline: &mut self.client_deadline,
-            idle: self.idle,
-        };
-        pace.write(client, bytes).await
+        Pace::on(&mut self.client_deadline, self.idle)
+            .write(client, bytes)
+            .await
     }
 
     /// [`Buffers::write_client`] for the response head in `response_head`.
     async fn write_head(&mut self, client: &mut TcpStream) -> bool {
-        let mut pace = Pace {
-            deadline: &mut self.client_deadline,
-            idle: self.idle,
-        };
-        pace.write(client, &self.response_head).await
+        Pace::on(&mut self.client_deadline, self.idle)
+            .write(client, &self.response_head)
+            .await
     }
 }
 
@@ -432,10 +428,7 @@ async fn send_and_read_head(
     if let Err(e) = upstream.write_all(&b.request_head).await {
         return Err(Failure::Upstream(format!("write: {e}")));
     }
-    let body = Pace {
-        deadline: &mut b.client_deadline,
-        idle: b.idle,
-    };
+    let body = Pace::on(&mut b.client_deadline, b.idle);
     match copy_body(info.framing, &mut b.client_in, client, upstream, body).await {
         Ok(()) => {}
         Err(CopyError::Source(e)) => {
@@ -527,11 +520,7 @@ async fn relay(
             b.upstream_in.advance(n);
             // The replica is done: its connection goes back before a slow client
             // can hold it.
-            if res.reusable && b.upstream_in.is_empty() {
-                worker
-                    .pool
-                    .checkin(to.slot, to.address, upstream, b.started);
-            }
+            give_back(worker, to, upstream, b, res);
             if !b.write_head(client).await {
                 return Err(Failure::Midway);
             }
@@ -541,10 +530,7 @@ async fn relay(
     if !b.write_head(client).await {
         return Err(Failure::Midway);
     }
-    let body = Pace {
-        deadline: &mut b.upstream_deadline,
-        idle: b.idle,
-    };
+    let body = Pace::on(&mut b.upstream_deadline, b.idle);
     match copy_body(res.framing, &mut b.upstream_in, &mut upstream, client, body).await {
         Ok(()) => {}
         Err(CopyError::Source(e)) => {
@@ -553,12 +539,24 @@ async fn relay(
         }
         Err(CopyError::Sink) => return Err(Failure::Midway),
     }
+    give_back(worker, to, upstream, b, res);
+    Ok((res.status, client_keeps))
+}
+
+/// Pools the upstream connection of a finished exchange if it can carry another
+/// request: the replica keeps it open and sent nothing past the response.
+fn give_back(
+    worker: &Worker,
+    to: Target<'_>,
+    upstream: TcpStream,
+    b: &Buffers,
+    res: http1::ResponseInfo,
+) {
     if res.reusable && b.upstream_in.is_empty() {
         worker
             .pool
             .checkin(to.slot, to.address, upstream, b.started);
     }
-    Ok((res.status, client_keeps))
 }
 
 /// After a `101 Switching Protocols`: relays the head, then bytes both ways until
@@ -573,10 +571,7 @@ async fn tunnel(
         return Err(Failure::Midway);
     }
     // Bytes that came with the 101, or that the client sent after its handshake.
-    let mut pace = Pace {
-        deadline: &mut b.client_deadline,
-        idle: b.idle,
-    };
+    let mut pace = Pace::on(&mut b.client_deadline, b.idle);
     for (dst, early) in [
         (&mut *client, &mut b.upstream_in),
         (&mut upstream, &mut b.client_in),

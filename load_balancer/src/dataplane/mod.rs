@@ -26,11 +26,11 @@ use tokio::sync::watch;
 
 pub use forward::ForwardConfig;
 
-/// How much a socket read asks for at most.
-const READ_CHUNK: usize = 16 * 1024;
-
 use crate::metrics::Metrics;
 use crate::snapshot::SharedSnapshot;
+
+/// How much a socket read asks for at most.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// The running data plane; [`DataPlane::stop`] drains and ends it.
 pub struct DataPlane {

@@ -104,12 +104,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
-    /// A connected pair: the pool's end and the server's end.
-    async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
-        let addr = listener.local_addr().unwrap();
-        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (client.unwrap(), server.unwrap().0)
-    }
+    use crate::dataplane::testing::pair_on as pair;
 
     #[tokio::test]
     async fn a_connection_checked_in_comes_back_for_the_same_replica_only() {
