@@ -1,5 +1,8 @@
 //! The HTTP surface: `/rep`, `/add`, `/rm`, `/status`, and forwarding of the rest.
 
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures_util::StreamExt;
@@ -23,6 +26,41 @@ pub struct AppState {
     pub runtime: &'static str,
     pub hash: &'static str,
     pub hash_key: String,
+    /// The loopback listener the data plane relays admin calls to.
+    pub internal: std::net::SocketAddr,
+    /// What the relay sends in [`RELAY_HEADER`]; random per process.
+    pub relay_secret: String,
+}
+
+/// The header by which the data plane's relay proves itself to the internal
+/// listener, which any local process could otherwise call.
+pub const RELAY_HEADER: &str = "x-lb-relay";
+
+/// A fresh relay secret: 128 random bits, in hex.
+pub fn relay_secret() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Middleware: on the internal listener, only the data plane's relay is served, so
+/// `--admin-listen` (and the public address's refusal of `/add` and `/rm` with it)
+/// cannot be bypassed by calling the API's loopback port directly.
+pub async fn only_the_relay_inside(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let refused = req.app_data::<web::Data<AppState>>().is_some_and(|state| {
+        req.app_config().local_addr() == state.internal
+            && !req
+                .headers()
+                .get_all(RELAY_HEADER)
+                .any(|v| bool::from(v.as_bytes().ct_eq(state.relay_secret.as_bytes())))
+    });
+    if refused {
+        let why =
+            "this address serves the balancer's own relay only: use its public or admin address";
+        return Err(ApiError::Forbidden(why.into()).into());
+    }
+    next.call(req).await
 }
 
 /// The balancer's own endpoints; every other method and path goes to a replica.

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
@@ -146,6 +147,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             "the admin API is on {admin_addr} with no --admin-token: anyone who reaches it can start and stop replicas"
         );
     }
+    // The admin API's own listener is on loopback; clients reach it through the data
+    // plane, which relays the admin routes to it with a secret no one else knows.
+    let internal = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    let internal_addr = internal.local_addr()?;
+    let relay_secret = api::relay_secret();
     let state = web::Data::new(AppState {
         snapshot: snapshot.clone(),
         supervisor: handle.clone(),
@@ -154,20 +160,20 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         runtime: runtime.name(),
         hash: scheme.name(),
         hash_key: config.hash_key.to_string(),
+        internal: internal_addr,
+        relay_secret: relay_secret.clone(),
     });
-    // The admin API listens on loopback only; clients reach it through the data
-    // plane, which relays the admin routes to it.
-    let mut api_server =
-        HttpServer::new(move || App::new().app_data(state.clone()).configure(api::routes))
-            .workers(1)
-            .disable_signals()
-            .shutdown_timeout(10)
-            .bind(("127.0.0.1", 0))?;
-    let api_address = api_server
-        .addrs()
-        .first()
-        .map(ToString::to_string)
-        .ok_or_else(|| std::io::Error::other("the admin API has no address"))?;
+    let mut api_server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(api::only_the_relay_inside))
+            .configure(api::routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(10)
+    .listen(internal)?;
+    let api_address = internal_addr.to_string();
     if let Some(addr) = config.admin_listen {
         api_server = api_server
             .bind(addr)
@@ -193,8 +199,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             header_timeout: config.header_timeout,
             max_header_bytes: config.max_header_bytes as usize,
             max_connections: config.max_connections as usize,
+            max_connections_per_ip: config.max_connections_per_ip as usize,
             api_address,
             admin_elsewhere: config.admin_listen.is_some(),
+            relay_secret,
         },
         snapshot,
         metrics,

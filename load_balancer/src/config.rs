@@ -150,7 +150,8 @@ pub struct Config {
     #[arg(long, env = "LB_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
-    /// How long a client may take to send a whole request head.
+    /// How long a client may take to send a whole request head, and how long a new
+    /// connection may stay silent before its first byte.
     #[arg(long, env = "LB_HEADER_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
 
@@ -161,6 +162,11 @@ pub struct Config {
     /// The most client connections open at once; more wait in the listen backlog.
     #[arg(long, env = "LB_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+
+    /// The most client connections one address may hold open; past it, a new one is
+    /// answered `503` and closed. `0`: no limit.
+    #[arg(long, env = "LB_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    pub max_connections_per_ip: u32,
 
     /// Request-serving threads [default: the number of cores].
     #[arg(long, env = "LB_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]

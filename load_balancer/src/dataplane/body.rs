@@ -3,18 +3,20 @@
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::chunked::Chunked;
 use super::deadline::Deadline;
-use super::http1::{Chunked, Framing};
+use super::http1::Framing;
 use super::READ_CHUNK;
 
 /// Which side of a body copy failed.
 pub enum CopyError {
-    /// Reading failed, ended early, broke the framing or stalled.
+    /// Reading failed, ended early or stalled.
     Source(String),
+    /// The bytes read break the body's framing (a malformed chunked body).
+    Framing(String),
     /// Writing failed or stalled.
     Sink,
 }
@@ -40,18 +42,19 @@ impl<'a> Pace<'a> {
     }
 
     /// Writes all of `bytes`; `false` if that failed or stalled.
-    pub async fn write(&mut self, dst: &mut TcpStream, bytes: &[u8]) -> bool {
+    pub async fn write(&mut self, dst: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> bool {
         matches!(self.step(dst.write_all(bytes)).await, Some(Ok(())))
     }
 }
 
 /// Copies one body from `src` to `dst` by its framing, starting with what is
-/// already in `buf`. Bytes after the body's end stay in `buf`.
+/// already in `buf`. Bytes after the body's end stay in `buf`. A chunked body is
+/// decoded strictly and written re-encoded (see [`Chunked`]), never as it came.
 pub async fn copy_body(
     framing: Framing,
     buf: &mut BytesMut,
-    src: &mut TcpStream,
-    dst: &mut TcpStream,
+    src: &mut (impl AsyncRead + Unpin),
+    dst: &mut (impl AsyncWrite + Unpin),
     mut pace: Pace<'_>,
 ) -> Result<(), CopyError> {
     let mut left = match framing {
@@ -60,6 +63,7 @@ pub async fn copy_body(
         Framing::Chunked | Framing::UntilClose => u64::MAX,
     };
     let mut chunked = Chunked::default();
+    let mut encoded = Vec::new();
     loop {
         if buf.is_empty() {
             buf.reserve(READ_CHUNK);
@@ -71,17 +75,24 @@ pub async fn copy_body(
                 None => return Err(CopyError::Source(format!("silent for {:?}", pace.idle))),
             }
         }
-        let take = match framing {
-            Framing::Chunked => chunked
-                .feed(buf)
-                .map_err(|e| CopyError::Source(e.to_string()))?,
-            _ => buf.len().min(left.min(usize::MAX as u64) as usize),
+        let (take, out) = match framing {
+            Framing::Chunked => {
+                encoded.clear();
+                let take = chunked
+                    .feed(buf, &mut encoded)
+                    .map_err(|e| CopyError::Framing(e.to_string()))?;
+                (take, &encoded[..])
+            }
+            _ => {
+                let take = buf.len().min(left.min(usize::MAX as u64) as usize);
+                (take, &buf[..take])
+            }
         };
-        if !pace.write(dst, &buf[..take]).await {
+        if !out.is_empty() && !pace.write(dst, out).await {
             return Err(CopyError::Sink);
         }
         buf.advance(take);
-        if framing == Framing::Length(0) || framing == Framing::Chunked && chunked.done() {
+        if framing == Framing::Chunked && chunked.done() {
             return Ok(());
         }
         if let Framing::Length(_) = framing {
@@ -118,6 +129,21 @@ mod tests {
         let mut relayed = Vec::new();
         receiver.read_to_end(&mut relayed).await.unwrap();
         assert_eq!(relayed, b"5\r\nhello\r\n0\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_chunked_body_is_a_framing_error_and_nothing_after_it_is_sent() {
+        let (_sender, mut src) = pair().await;
+        let (mut dst, mut receiver) = pair().await;
+        let mut deadline = Deadline::new(Instant::now() + IDLE);
+        let mut buf = BytesMut::from(&b"1\r\nZ\r\n0\r\n\nPOST /smuggled HTTP/1.1\r\n\r\n"[..]);
+        let pace = Pace::on(&mut deadline, IDLE);
+        let copied = copy_body(Framing::Chunked, &mut buf, &mut src, &mut dst, pace).await;
+        assert!(matches!(copied, Err(CopyError::Framing(_))));
+        drop(dst);
+        let mut relayed = Vec::new();
+        receiver.read_to_end(&mut relayed).await.unwrap();
+        assert!(!relayed.windows(4).any(|w| w == b"POST"), "{relayed:?}");
     }
 
     #[tokio::test(start_paused = true)]

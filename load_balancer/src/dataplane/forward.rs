@@ -45,10 +45,15 @@ pub struct ForwardConfig {
     pub max_header_bytes: usize,
     /// The most client connections open at once, over all workers.
     pub max_connections: usize,
+    /// The most client connections one address may hold open (`0`: no limit).
+    pub max_connections_per_ip: usize,
     /// Where the admin API (`/rep`, `/add`, …) listens, on loopback.
     pub api_address: String,
     /// `--admin-listen` is set: `/add` and `/rm` are refused here, served there.
     pub admin_elsewhere: bool,
+    /// Added to every request relayed to the admin API as `x-lb-relay`, so that its
+    /// loopback listener serves this relay and no other local process.
+    pub relay_secret: String,
 }
 
 /// What a worker's connections share: settings, the snapshot, the upstream pool.
@@ -95,6 +100,8 @@ struct Buffers {
     /// `--idle-timeout`: how long a body, a tunnel or a write to the client may go
     /// without moving a byte.
     idle: Duration,
+    /// The connection closes with part of a request body unread: see [`linger`].
+    unread_body: bool,
 }
 
 impl Buffers {
@@ -125,8 +132,11 @@ enum Failure {
     Connect(String),
     /// The replica did not answer in time.
     Timeout,
-    /// The client went away or broke the protocol: close its connection.
+    /// The client went away or stalled: close its connection.
     Client,
+    /// The client's body broke its framing (a malformed chunked body): `400`, and
+    /// the upstream connection that saw part of it is closed, never pooled.
+    BadBody(String),
     /// Part of a response already reached the client: all we can do is close.
     Midway,
 }
@@ -156,19 +166,26 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
         upstream_deadline: Deadline::new(now + worker.config.response_timeout),
         started: now,
         idle: worker.config.idle_timeout,
+        unread_body: false,
     };
+    let mut first = true;
     loop {
-        let (info, route) = match read_head(&worker, &mut client, &peer, &mut b, &mut shutdown)
-            .await
-        {
+        let head = read_head(&worker, &mut client, &peer, &mut b, &mut shutdown, first).await;
+        first = false;
+        let (info, route) = match head {
             Ok(Some(x)) => x,
             Ok(None) => return,
             Err(e) => {
-                let status = if e == HeadError::TooLarge { 431 } else { 400 };
+                let (status, reason) = match e {
+                    HeadError::TooLarge => (431, "Request Header Fields Too Large"),
+                    HeadError::Unsupported(_) => (501, "Not Implemented"),
+                    HeadError::Malformed(_) => (400, "Bad Request"),
+                };
                 let body = ApiError::bad(e.to_string()).body();
-                let reply =
-                    http1::simple_response(status, "Bad Request", "application/json", &body, true);
-                b.write_client(&mut client, &reply).await;
+                let reply = http1::simple_response(status, reason, "application/json", &body, true);
+                if b.write_client(&mut client, &reply).await {
+                    linger(&mut client).await;
+                }
                 return;
             }
         };
@@ -193,6 +210,9 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
                     Err(Failure::Timeout) => {
                         reply_error(&mut client, &mut b, &info, ApiError::GatewayTimeout).await
                     }
+                    Err(Failure::BadBody(e)) => {
+                        reply_error(&mut client, &mut b, &info, bad_body(e)).await
+                    }
                     Err(Failure::Client | Failure::Midway) => false,
                 }
             }
@@ -204,9 +224,37 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
             Route::Replicas => forward(&worker, &mut client, &mut b, &info).await,
         };
         if !keep_alive || *shutdown.borrow() {
+            if b.unread_body {
+                linger(&mut client).await;
+            }
             return;
         }
     }
+}
+
+/// How long a closing connection's unread request bytes are read and dropped.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Closes the write side, then reads and drops what the client still sends for a
+/// moment. Closing a socket with unread bytes makes the kernel send a reset, which
+/// can destroy the answer just written (a `400` for a bad body, a replica's early
+/// `413`) before the client reads it: nginx's lingering close.
+async fn linger(client: &mut TcpStream) {
+    let _ = client.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        while let Ok(n) = client.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The answer to a request whose body broke its framing.
+fn bad_body(e: String) -> ApiError {
+    ApiError::bad(format!("malformed request body: {e}"))
 }
 
 /// Reads until a whole request head is in, and rewrites it for upstream.
@@ -217,12 +265,19 @@ async fn read_head(
     peer: &Peer,
     b: &mut Buffers,
     shutdown: &mut watch::Receiver<bool>,
+    first: bool,
 ) -> Result<Option<(RequestInfo, Route)>, HeadError> {
     // Between requests the wait is the keep-alive idle time; inside a head, the
-    // header timeout from its first bytes.
-    let mut in_head = false;
-    b.client_deadline
-        .set(Instant::now() + worker.config.idle_timeout);
+    // header timeout from its first bytes. A new connection gets the header timeout
+    // from the start: one that never sends a byte would otherwise hold a connection
+    // slot for the whole idle time.
+    let mut in_head = first;
+    let wait = if first {
+        worker.config.header_timeout
+    } else {
+        worker.config.idle_timeout
+    };
+    b.client_deadline.set(Instant::now() + wait);
     loop {
         if !b.client_in.is_empty() {
             if let Some(found) = prepare(worker, peer, b)? {
@@ -271,6 +326,14 @@ fn prepare(
     } else if worker.config.admin_elsewhere && api::is_mutating(req.method) {
         Route::AdminElsewhere
     } else {
+        // The head ends in its blank line: the relay's credential goes before it.
+        b.request_head.truncate(b.request_head.len() - 2);
+        b.request_head
+            .extend_from_slice(api::RELAY_HEADER.as_bytes());
+        b.request_head.extend_from_slice(b": ");
+        b.request_head
+            .extend_from_slice(worker.config.relay_secret.as_bytes());
+        b.request_head.extend_from_slice(b"\r\n\r\n");
         Route::Api
     };
     b.path.clear();
@@ -339,6 +402,7 @@ async fn forward(
                 backend.counters.error();
                 return reply_error(client, b, info, ApiError::GatewayTimeout).await;
             }
+            Err(Failure::BadBody(e)) => return reply_error(client, b, info, bad_body(e)).await,
             Err(Failure::Client | Failure::Midway) => return false,
         }
     }
@@ -355,14 +419,19 @@ async fn reply_error(
 ) -> bool {
     // An unread request body would be taken for the next request: close instead.
     let close = !info.keep_alive || info.framing != Framing::Empty;
-    let reply = http1::simple_response(
+    b.unread_body |= info.framing != Framing::Empty;
+    b.write_client(client, &error_reply(&err, close)).await && !close
+}
+
+/// A whole response carrying one of our errors.
+pub fn error_reply(err: &ApiError, close: bool) -> Vec<u8> {
+    http1::simple_response(
         err.status(),
         err.reason(),
         "application/json",
         &err.body(),
         close,
-    );
-    b.write_client(client, &reply).await && !close
+    )
 }
 
 /// Where one exchange goes.
@@ -385,11 +454,9 @@ async fn exchange(
     info: &RequestInfo,
     to: Target<'_>,
 ) -> Result<(u16, bool), Failure> {
-    // A pooled connection may have been closed by the server since; a request that
-    // can be sent again is retried once on a fresh connection when that happens.
-    let mut pooled = worker
-        .pool
-        .checkout(to.slot, to.address, b.started, !info.retryable);
+    // A pooled connection may have been closed by the server since, unnoticed; a
+    // request that can be sent again is retried once on a fresh connection then.
+    let mut pooled = worker.pool.checkout(to.slot, to.address, b.started);
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
@@ -428,16 +495,12 @@ async fn send_and_read_head(
     if let Err(e) = upstream.write_all(&b.request_head).await {
         return Err(Failure::Upstream(format!("write: {e}")));
     }
-    let body = Pace::on(&mut b.client_deadline, b.idle);
-    match copy_body(info.framing, &mut b.client_in, client, upstream, body).await {
-        Ok(()) => {}
-        Err(CopyError::Source(e)) => {
-            log::debug!("reading the request body: {e}");
-            return Err(Failure::Client);
-        }
-        Err(CopyError::Sink) => return Err(Failure::Upstream("write of the body failed".into())),
-    }
     b.upstream_in.clear();
+    let body_sent =
+        info.framing == Framing::Empty || send_body(client, upstream, b, info, served_by).await?;
+    // An answer before the whole body: the rest is never read, so neither
+    // connection can carry another request.
+    b.unread_body |= !body_sent;
     // Only replicas name themselves; the admin API's calls are applied one at a
     // time and may queue behind slow container starts, so they get a longer bound.
     let timeout = if served_by.is_some() {
@@ -452,7 +515,7 @@ async fn send_and_read_head(
         Instant::now()
     };
     b.upstream_deadline.set(sent + timeout);
-    let client_closes = !info.keep_alive;
+    let client_closes = !info.keep_alive || !body_sent;
     loop {
         let parsed = http1::rewrite_response(
             &b.upstream_in,
@@ -462,7 +525,7 @@ async fn send_and_read_head(
             &mut b.response_head,
         )
         .map_err(|e| Failure::Upstream(e.to_string()))?;
-        if let Some(res) = parsed {
+        if let Some(mut res) = parsed {
             if res.status == 101 {
                 if info.upgrade {
                     return Ok(res);
@@ -476,6 +539,7 @@ async fn send_and_read_head(
                 b.upstream_in.advance(res.head_len);
                 continue;
             }
+            res.reusable &= body_sent;
             return Ok(res);
         }
         b.upstream_in.reserve(READ_CHUNK);
@@ -484,10 +548,80 @@ async fn send_and_read_head(
             .run(upstream.read_buf(&mut b.upstream_in))
             .await
         {
+            Some(Ok(0)) if !body_sent => {
+                return Err(Failure::Upstream("stopped reading the body".into()))
+            }
             Some(Ok(0)) => return Err(Failure::Upstream("closed before answering".into())),
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(Failure::Upstream(format!("read: {e}"))),
             None => return Err(Failure::Timeout),
+        }
+    }
+}
+
+/// Sends the request body while listening to the replica, and returns whether all
+/// of it went. A `100 Continue` is relayed at once: a client that sent `Expect:
+/// 100-continue` waits for it before sending its body. A final answer before the
+/// body is all sent (a `413`, a `401`) ends the upload there, and so does a replica
+/// that stops reading; its answer is then read as usual.
+async fn send_body(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    b: &mut Buffers,
+    info: &RequestInfo,
+    served_by: Option<&str>,
+) -> Result<bool, Failure> {
+    let Buffers {
+        client_in,
+        upstream_in,
+        response_head,
+        client_deadline,
+        idle,
+        ..
+    } = b;
+    let idle = *idle;
+    let (mut from_client, mut to_client) = client.split();
+    let (mut from_upstream, mut to_upstream) = upstream.split();
+    let pace = Pace::on(client_deadline, idle);
+    let copy = copy_body(
+        info.framing,
+        client_in,
+        &mut from_client,
+        &mut to_upstream,
+        pace,
+    );
+    tokio::pin!(copy);
+    loop {
+        upstream_in.reserve(READ_CHUNK);
+        tokio::select! {
+            biased;
+            read = from_upstream.read_buf(upstream_in) => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return Ok(false);
+                }
+                while let Some(res) =
+                    http1::rewrite_response(upstream_in, info.is_head, served_by, true, response_head)
+                        .map_err(|e| Failure::Upstream(e.to_string()))?
+                {
+                    if !(100..200).contains(&res.status) || res.status == 101 {
+                        return Ok(false);
+                    }
+                    let relayed = tokio::time::timeout(idle, to_client.write_all(response_head));
+                    if !matches!(relayed.await, Ok(Ok(()))) {
+                        return Err(Failure::Client);
+                    }
+                    upstream_in.advance(res.head_len);
+                }
+            }
+            copied = &mut copy => return match copied {
+                Ok(()) => Ok(true),
+                Err(CopyError::Source(e)) => {
+                    log::debug!("reading the request body: {e}");
+                    Err(Failure::Client)
+                }
+                Err(CopyError::Framing(e)) => Err(Failure::BadBody(e)),
+                Err(CopyError::Sink) => Ok(false),
+            },
         }
     }
 }
@@ -507,7 +641,7 @@ async fn relay(
     if res.status == 101 {
         return tunnel(client, upstream, b).await.map(|()| (101, false));
     }
-    let client_keeps = info.keep_alive && res.framing != Framing::UntilClose;
+    let client_keeps = info.keep_alive && res.framing != Framing::UntilClose && !b.unread_body;
     if res.status == 404 && to.served_by.is_some() {
         // Answered by the caller; the body is not read, so the connection is dropped.
         return Ok((404, client_keeps));
@@ -533,7 +667,7 @@ async fn relay(
     let body = Pace::on(&mut b.upstream_deadline, b.idle);
     match copy_body(res.framing, &mut b.upstream_in, &mut upstream, client, body).await {
         Ok(()) => {}
-        Err(CopyError::Source(e)) => {
+        Err(CopyError::Source(e) | CopyError::Framing(e)) => {
             log::debug!("{} broke off its response: {e}", to.address);
             return Err(Failure::Midway);
         }

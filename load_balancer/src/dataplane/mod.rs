@@ -7,9 +7,11 @@
 //! the hot path keeps none.
 
 mod body;
+pub mod chunked;
 mod deadline;
 pub mod forward;
 pub mod http1;
+mod per_ip;
 mod pool;
 #[cfg(test)]
 mod testing;
@@ -66,14 +68,16 @@ impl DataPlane {
             listeners.push(listener(addr)?);
         }
         let (shutdown, rx) = watch::channel(false);
+        let per_ip = per_ip::PerIp::new(config.max_connections_per_ip);
         let mut threads = Vec::new();
         let count = listeners.len();
         for (i, l) in listeners.into_iter().enumerate() {
-            let (config, snapshot, metrics, rx) = (
+            let (config, snapshot, metrics, rx, per_ip) = (
                 config.clone(),
                 snapshot.clone(),
                 metrics.clone(),
                 rx.clone(),
+                per_ip.clone(),
             );
             threads.push(
                 std::thread::Builder::new()
@@ -87,7 +91,7 @@ impl DataPlane {
                             .build_local(Default::default())
                             .expect("a runtime for the worker");
                         let worker = Rc::new(forward::Worker::new(config, snapshot, metrics, rx));
-                        rt.block_on(accept_loop(l, worker, count, drain));
+                        rt.block_on(accept_loop(l, worker, per_ip, count, drain));
                     })?,
             );
         }
@@ -120,6 +124,7 @@ impl DataPlane {
 async fn accept_loop(
     std_listener: std::net::TcpListener,
     worker: Rc<forward::Worker>,
+    per_ip: Arc<per_ip::PerIp>,
     workers: usize,
     drain: Duration,
 ) {
@@ -133,6 +138,11 @@ async fn accept_loop(
     let active = Rc::new(Cell::new(0usize));
     let freed = Rc::new(tokio::sync::Notify::new());
     let cap = worker.config.max_connections.div_ceil(workers).max(1);
+    let refusal = {
+        let err =
+            crate::error::ApiError::Unavailable("Too many connections from your address".into());
+        forward::error_reply(&err, true)
+    };
     let mut shutdown = worker.shutdown.clone();
     loop {
         // At the cap, stop accepting: new connections wait in the kernel's backlog
@@ -149,10 +159,16 @@ async fn accept_loop(
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(held) = per_ip.admit(peer.ip()) else {
+                        // One try, no wait: a client over its share gets no task of ours.
+                        let _ = stream.try_write(&refusal);
+                        continue;
+                    };
                     let (worker, active, freed) = (worker.clone(), active.clone(), freed.clone());
                     active.set(active.get() + 1);
                     tokio::task::spawn_local(async move {
                         forward::serve(worker, stream, peer).await;
+                        drop(held);
                         active.set(active.get() - 1);
                         freed.notify_one();
                     });

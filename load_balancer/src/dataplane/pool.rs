@@ -45,14 +45,8 @@ impl PoolSlot {
 
 impl Pool {
     /// An idle connection to `address` last used less than [`POOL_MAX_IDLE`] before
-    /// `now`, if one is kept.
-    pub fn checkout(
-        &self,
-        slot: PoolSlot,
-        address: &str,
-        now: Instant,
-        check_alive: bool,
-    ) -> Option<TcpStream> {
+    /// `now`, if one is kept that the replica has neither closed nor written to.
+    pub fn checkout(&self, slot: PoolSlot, address: &str, now: Instant) -> Option<TcpStream> {
         let mut pool = self.idle.borrow_mut();
         let idle = pool.get_mut(slot.0)?;
         if idle.address != address {
@@ -64,16 +58,16 @@ impl Pool {
             if now.saturating_duration_since(since) > POOL_MAX_IDLE {
                 continue;
             }
-            // A request that cannot be retried gets a connection known to be open:
-            // a read that would block means the peer has not closed it.
-            if check_alive {
-                let mut probe = [0u8; 1];
-                match conn.try_read(&mut probe) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    _ => continue,
-                }
+            // Bytes waiting on an idle connection answer no request of ours: taken for
+            // the next one's answer, they would hand a client someone else's response.
+            // An end of stream means the replica closed it. Either way it goes. The
+            // probe is free on the common path: tokio answers "would block" from the
+            // readiness it cached when the last read came up short, with no syscall.
+            let mut probe = [0u8; 1];
+            match conn.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn),
+                _ => continue,
             }
-            return Some(conn);
         }
         None
     }
@@ -114,16 +108,10 @@ mod tests {
         let pool = Pool::default();
         let now = Instant::now();
         pool.checkin(PoolSlot::replica(3), "a:1", conn, now);
-        assert!(pool
-            .checkout(PoolSlot::replica(4), "a:1", now, false)
-            .is_none());
-        let back = pool
-            .checkout(PoolSlot::replica(3), "a:1", now, false)
-            .unwrap();
+        assert!(pool.checkout(PoolSlot::replica(4), "a:1", now).is_none());
+        let back = pool.checkout(PoolSlot::replica(3), "a:1", now).unwrap();
         assert_eq!(back.local_addr().unwrap().port(), port);
-        assert!(pool
-            .checkout(PoolSlot::replica(3), "a:1", now, false)
-            .is_none());
+        assert!(pool.checkout(PoolSlot::replica(3), "a:1", now).is_none());
     }
 
     #[tokio::test]
@@ -134,7 +122,7 @@ mod tests {
         let then = Instant::now();
         pool.checkin(PoolSlot::API, "a:1", conn, then);
         let later = then + POOL_MAX_IDLE + Duration::from_millis(1);
-        assert!(pool.checkout(PoolSlot::API, "a:1", later, false).is_none());
+        assert!(pool.checkout(PoolSlot::API, "a:1", later).is_none());
     }
 
     #[tokio::test]
@@ -144,17 +132,13 @@ mod tests {
         let pool = Pool::default();
         let now = Instant::now();
         pool.checkin(PoolSlot::replica(1), "old:1", conn, now);
-        assert!(pool
-            .checkout(PoolSlot::replica(1), "new:2", now, false)
-            .is_none());
+        assert!(pool.checkout(PoolSlot::replica(1), "new:2", now).is_none());
         // Nor do they come back later under the old address: they were dropped.
-        assert!(pool
-            .checkout(PoolSlot::replica(1), "old:1", now, false)
-            .is_none());
+        assert!(pool.checkout(PoolSlot::replica(1), "old:1", now).is_none());
     }
 
     #[tokio::test]
-    async fn a_request_that_cannot_be_retried_never_gets_a_connection_the_server_closed() {
+    async fn a_connection_the_server_closed_is_never_reused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (closed, mut server) = pair(&listener).await;
         let (open, _server) = pair(&listener).await;
@@ -167,8 +151,30 @@ mod tests {
         let now = Instant::now();
         pool.checkin(PoolSlot::API, "a:1", open, now);
         pool.checkin(PoolSlot::API, "a:1", closed, now);
-        let got = pool.checkout(PoolSlot::API, "a:1", now, true).unwrap();
+        let got = pool.checkout(PoolSlot::API, "a:1", now).unwrap();
         assert_eq!(got.local_addr().unwrap().port(), open_port);
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_unread_bytes_is_never_reused() {
+        // A replica that answered twice (a smuggled request's answer) must not have
+        // its extra answer read as the next request's.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (stale, mut server) = pair(&listener).await;
+        let (open, _server) = pair(&listener).await;
+        let open_port = open.local_addr().unwrap().port();
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        stale.readable().await.unwrap();
+        let pool = Pool::default();
+        let now = Instant::now();
+        pool.checkin(PoolSlot::API, "a:1", open, now);
+        pool.checkin(PoolSlot::API, "a:1", stale, now);
+        let got = pool.checkout(PoolSlot::API, "a:1", now).unwrap();
+        assert_eq!(got.local_addr().unwrap().port(), open_port);
+        assert!(pool.checkout(PoolSlot::API, "a:1", now).is_none());
     }
 
     #[tokio::test]
@@ -183,7 +189,7 @@ mod tests {
             pool.checkin(PoolSlot::API, "a:1", conn, now);
         }
         let mut kept = 0;
-        while pool.checkout(PoolSlot::API, "a:1", now, false).is_some() {
+        while pool.checkout(PoolSlot::API, "a:1", now).is_some() {
             kept += 1;
         }
         assert_eq!(kept, POOL_PER_ADDRESS);
