@@ -42,6 +42,7 @@ unit:
 	$(CARGO) test --workspace --lib --bins
 
 e2e: images
+	bash scripts/difftest-env.sh
 	$(CARGO) build --workspace --bins
 	$(CARGO) test -p e2e --tests
 

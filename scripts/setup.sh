@@ -5,6 +5,8 @@ need=()
 command -v docker >/dev/null || need+=(docker.io)
 command -v file >/dev/null || need+=(file)
 command -v curl >/dev/null || need+=(curl)
+# The differential smuggling test runs a Node backend (tests/backends/echo.js).
+command -v node >/dev/null || need+=(nodejs)
 if ((${#need[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

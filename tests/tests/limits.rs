@@ -38,10 +38,21 @@ fn connect(lb: &Service) -> TcpStream {
 
 /// Reads one response with a `content-length` body; `None` on timeout or close.
 fn read_response(s: &mut TcpStream) -> Option<String> {
+    read_response_skipping(s, false)
+}
+
+/// Reads one response, or with `interim` the final one after any `1xx` heads.
+fn read_response_skipping(s: &mut TcpStream, interim: bool) -> Option<String> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let text = String::from_utf8_lossy(&got).into_owned();
+        let mut text = String::from_utf8_lossy(&got).into_owned();
+        while interim && text.starts_with("HTTP/1.1 1") {
+            let Some((_, rest)) = text.split_once("\r\n\r\n") else {
+                break;
+            };
+            text = rest.to_string();
+        }
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             let len = head
                 .lines()
@@ -231,4 +242,152 @@ fn with_an_admin_address_add_and_rm_move_there_and_reads_stay_public() {
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["message"]["N"], 0);
+}
+
+#[test]
+fn a_connection_that_never_sends_a_byte_is_closed_after_the_header_timeout() {
+    // Else a silent connection holds its slot for the idle timeout: 10,100 of them
+    // filled the 10,000 slots for a minute.
+    let (lb, _b) = balancer(&["--header-timeout", "500ms", "--idle-timeout", "60s"]);
+    let mut s = connect(&lb);
+    let started = Instant::now();
+    assert!(closed(&mut s), "the silent connection stayed open");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+}
+
+/// A connection that got an answer to `GET /home` and is kept open.
+fn served(lb: &Service) -> Option<TcpStream> {
+    let mut s = connect(lb);
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.write_all(b"GET /home HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
+    read_response(&mut s)
+        .filter(|r| r.starts_with("HTTP/1.1 200"))
+        .map(|_| s)
+}
+
+#[test]
+fn one_address_cannot_hold_more_than_its_share_of_connections() {
+    let (lb, _b) = balancer(&["--max-connections-per-ip", "2", "--idle-timeout", "3s"]);
+    // The harness's own pooled connection may hold a slot until it idles out.
+    let (first, _second) = poll("two connections served", Duration::from_secs(15), || {
+        Some((served(&lb)?, served(&lb)?))
+    });
+    let mut third = connect(&lb);
+    let _ = third.write_all(b"GET /home HTTP/1.1\r\nHost: t\r\n\r\n");
+    let reply = read_response(&mut third).unwrap_or_default();
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 503"),
+        "{reply}"
+    );
+    assert!(!reply.contains("Hello from Server"), "{reply}");
+    if !reply.is_empty() {
+        assert!(
+            reply.contains("Too many connections from your address"),
+            "{reply}"
+        );
+    }
+    drop(first);
+    poll(
+        "a slot freed by a closed connection",
+        Duration::from_secs(10),
+        || served(&lb),
+    );
+}
+
+/// The loopback TCP ports process `pid` listens on.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy().into_owned();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local address, state (0A: listening), inode
+            let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?);
+            let port = u16::from_str_radix(local.split(':').nth(1)?, 16).ok()?;
+            (*state == "0A" && inodes.iter().any(|i| i == inode)).then_some(port)
+        })
+        .collect()
+}
+
+#[test]
+fn the_internal_admin_listener_serves_only_the_balancers_own_relay() {
+    let (lb, _b) = balancer(&[]);
+    let public: u16 = lb.base.rsplit(':').next().unwrap().parse().unwrap();
+    let internal: Vec<u16> = listening_ports(lb.pid())
+        .into_iter()
+        .filter(|p| *p != public)
+        .collect();
+    assert_eq!(internal.len(), 1, "{internal:?}");
+    let direct = format!("http://127.0.0.1:{}", internal[0]);
+    let r = e2e::request("DELETE", &format!("{direct}/rm"), &[], Some(br#"{"n": 1}"#)).unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["status"], "failure");
+    // A guessed credential does no better.
+    let r = e2e::request(
+        "GET",
+        &format!("{direct}/rep"),
+        &[("x-lb-relay", "0")],
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+    // Nothing changed, and the relay through the public address still works.
+    assert_eq!(lb.get("/rep").json()["message"]["N"], 1);
+}
+
+#[test]
+fn an_early_answer_to_an_expect_100_continue_upload_comes_back_at_once() {
+    // The admin API refuses a body over 64 KiB before reading it; the client, which
+    // waits for 100 Continue before sending, must get that 413 and not wait.
+    let (lb, _b) = balancer(&[]);
+    let mut s = connect(&lb);
+    s.write_all(
+        b"POST /add HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n",
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(900)))
+        .unwrap();
+    // actix-web may send 100 Continue before its handler looks at the length.
+    let reply = read_response_skipping(&mut s, true).expect("an answer before curl's 1 s fallback");
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains(r#""status":"failure""#), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("connection: close"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn a_replicas_100_continue_reaches_the_client_before_it_sends_its_body() {
+    let (lb, _b) = balancer(&[]);
+    let mut s = connect(&lb);
+    s.write_all(
+        b"POST /echo/upload HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(900)))
+        .unwrap();
+    let interim = read_response(&mut s).expect("100 Continue before curl's 1 s fallback");
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{interim}"
+    );
+    s.write_all(b"hello").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let reply = read_response(&mut s).expect("the final answer");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains(r#""body_len":5"#), "{reply}");
 }

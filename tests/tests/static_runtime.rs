@@ -410,16 +410,63 @@ fn a_malformed_or_smuggling_request_is_refused_with_a_json_400() {
     for raw in [
         &b"NOT HTTP AT ALL\r\n\r\n"[..],
         b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
-        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     ] {
         let reply = raw_exchange(&lb, raw, None);
         assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
         assert!(reply.contains(r#""status":"failure""#), "{reply}");
     }
+    // A coding other than chunked alone is one we do not implement, as nginx says.
+    let reply = raw_exchange(
+        &lb,
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+        None,
+    );
+    assert!(reply.starts_with("HTTP/1.1 501"), "{reply}");
+    assert!(reply.contains(r#""status":"failure""#), "{reply}");
     assert_eq!(
         echo.requests.load(Ordering::SeqCst),
         0,
         "a refused request reached the backend"
+    );
+}
+
+#[test]
+fn a_malformed_chunked_body_gets_a_400_and_the_replica_never_completes_it() {
+    let echo = TestBackend::start(Duration::ZERO);
+    let lb = balancer(&[format!("echo={}", echo.addr)], &[]);
+    // The last chunk followed by a bare LF: the start of the trailer-smuggling exploit.
+    let reply = raw_exchange(
+        &lb,
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nZ\r\n0\r\n\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n",
+        None,
+    );
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("malformed request body"), "{reply}");
+    assert!(!reply.contains("smuggled"), "{reply}");
+    assert_eq!(echo.requests.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn an_h2c_upgrade_is_served_as_plain_http11() {
+    let echo = TestBackend::start(Duration::ZERO);
+    let lb = balancer(&[format!("echo={}", echo.addr)], &[]);
+    let reply = raw_exchange(
+        &lb,
+        b"GET /h2 HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+        Some("HTTP/1.1 200"),
+    );
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    // The echoed head is what the replica got: no upgrade, no HTTP/2 settings.
+    let lower = reply.to_ascii_lowercase();
+    assert!(lower.contains("get /h2 http/1.1\r\n"), "{reply}");
+    assert!(
+        !lower.contains("upgrade") && !lower.contains("http2-settings"),
+        "{reply}"
     );
 }
 
