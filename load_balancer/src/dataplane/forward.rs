@@ -539,7 +539,9 @@ async fn send_and_read_head(
                 b.upstream_in.advance(res.head_len);
                 continue;
             }
-            res.reusable &= body_sent;
+            // A refused upgrade leaves the replica's parser in a state we cannot know
+            // (actix reads on as if switched): that connection is not reused.
+            res.reusable &= body_sent && !info.upgrade;
             return Ok(res);
         }
         b.upstream_in.reserve(READ_CHUNK);

@@ -377,13 +377,59 @@ fn the_host<'b>(
         (None, _) => return Ok(None),
         (Some(h), None) => h.value,
     };
-    // uri-host [ ":" port ]: reg-name, IPv4 or an IP literal in brackets, which
-    // together use unreserved, percent-encoded and sub-delim characters, ":", "[", "]".
-    let allowed = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(b);
-    if host.iter().all(allowed) {
+    if host.is_empty() || is_authority(host) {
         Ok(Some(host))
     } else {
         Err(HeadError::Malformed("bad Host"))
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110, 7.2): an IP literal in brackets, or a reg-name
+/// or IPv4 address (unreserved, percent-encoded and sub-delim characters), then an
+/// optional port of digits.
+fn is_authority(v: &[u8]) -> bool {
+    let (host_ok, port) = match v.strip_prefix(b"[") {
+        Some(literal) => match literal.iter().position(|b| *b == b']') {
+            Some(end) => (
+                end > 0
+                    && literal[..end]
+                        .iter()
+                        .all(|b| b.is_ascii_hexdigit() || b":.".contains(b)),
+                &literal[end + 1..],
+            ),
+            None => return false,
+        },
+        None => {
+            let end = v.iter().position(|b| *b == b':').unwrap_or(v.len());
+            let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b);
+            (end > 0 && v[..end].iter().all(reg_name), &v[end..])
+        }
+    };
+    host_ok && (port.is_empty() || port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit))
+}
+
+/// The request target: origin-form (`/path?query`) as nearly every client sends, `*`
+/// for `OPTIONS`, or absolute-form (`http://host/path`), whose authority a server
+/// takes over `Host` (RFC 9112, 3.2.2), so it must name the same host or the
+/// replica would read one host and the balancer another. `CONNECT` asks for a tunnel
+/// we do not offer.
+fn check_target(method: &str, target: &str, host: Option<&[u8]>) -> Result<(), HeadError> {
+    if method == "CONNECT" {
+        return Err(HeadError::Unsupported("CONNECT"));
+    }
+    if target.starts_with('/') || (target == "*" && method == "OPTIONS") {
+        return Ok(());
+    }
+    let scheme = target.find("://").map(|i| &target[..i]);
+    if !scheme.is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https")) {
+        return Err(HeadError::Malformed("bad request target"));
+    }
+    let rest = &target[scheme.map_or(0, str::len) + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if host.is_some_and(|h| h.eq_ignore_ascii_case(authority.as_bytes())) {
+        Ok(())
+    } else {
+        Err(HeadError::Malformed("the target's host and Host disagree"))
     }
 }
 
@@ -426,6 +472,7 @@ pub fn rewrite_request(
         && header(req.headers, "upgrade").is_some()
         && !asks_for_http2(req.headers);
     let host = the_host(req.headers, http10)?;
+    check_target(req.method, req.target, host)?;
     out.clear();
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
@@ -526,8 +573,9 @@ pub fn rewrite_response(
         }
     };
     let connection = ConnectionOptions::of(headers);
+    // Chunked framing from an HTTP/1.0 sender is faulty: close after it (RFC 9112, 6.1).
     let upstream_closes =
-        (minor == 0 && !connection.lists("keep-alive")) || connection.lists("close");
+        (minor == 0 && (!connection.lists("keep-alive") || chunked)) || connection.lists("close");
     // A 101 passes its `Upgrade` on: the client must learn which protocol it got.
     let switching = status == 101;
     out.clear();
@@ -768,6 +816,58 @@ mod tests {
         ] {
             assert!(rewrite_exactly(raw).is_ok(), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn a_host_is_a_host_name_or_address_with_an_optional_port() {
+        for host in ["a:b:c[", "[::1", "[]", "a:8o", ":80", "[::1]x", "a b"] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(rewrite_exactly(&raw).is_err(), "{host:?}");
+        }
+        for host in ["a", "a.b-c_d~e", "10.0.0.1:8080", "[fe80::1]", "x:", "%41"] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(rewrite_exactly(&raw).is_ok(), "{host:?}");
+        }
+    }
+
+    #[test]
+    fn an_absolute_target_must_name_the_host_that_host_names() {
+        // A replica takes the target's authority over Host: they must agree.
+        assert!(rewrite_exactly(
+            "GET http://evil.example/x HTTP/1.1\r\nHost: good.example\r\n\r\n"
+        )
+        .is_err());
+        assert!(
+            rewrite_exactly("GET http://shop:80/x?y HTTP/1.1\r\nHost: SHOP:80\r\n\r\n").is_ok()
+        );
+        assert!(rewrite_exactly("GET HTTPS://shop HTTP/1.1\r\nHost: shop\r\n\r\n").is_ok());
+        for raw in [
+            "GET shop/x HTTP/1.1\r\nHost: shop\r\n\r\n",
+            "GET * HTTP/1.1\r\nHost: shop\r\n\r\n",
+            "GET ftp://shop/x HTTP/1.1\r\nHost: shop\r\n\r\n",
+        ] {
+            assert!(
+                matches!(rewrite_exactly(raw), Err(HeadError::Malformed(_))),
+                "{raw:?}"
+            );
+        }
+        assert!(rewrite_exactly("OPTIONS * HTTP/1.1\r\nHost: shop\r\n\r\n").is_ok());
+        assert!(matches!(
+            rewrite_exactly("CONNECT shop:443 HTTP/1.1\r\nHost: shop:443\r\n\r\n"),
+            Err(HeadError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn a_chunked_http10_response_is_never_pooled() {
+        let mut out = Vec::new();
+        let raw =
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let info = rewrite_response(raw, false, None, false, &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.framing, Framing::Chunked);
+        assert!(!info.reusable);
     }
 
     #[test]
