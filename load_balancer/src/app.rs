@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::api::{self, AppState};
 use crate::config::{Config, RuntimeKind};
 use crate::dataplane::{DataPlane, ForwardConfig};
-use crate::health::{self, HeartbeatConfig, Prober};
+use crate::health::{self, Health, HeartbeatConfig, Prober};
 use crate::metrics::Metrics;
 use crate::ring::{Geometry, Ring};
 use crate::runtime::docker::{DockerRuntime, DockerSettings, ReplicaLimits};
@@ -114,11 +114,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
 
     let snapshot = Arc::new(ArcSwap::from_pointee(Supervisor::empty_snapshot(&ring)));
-    let prober = Prober::new(config.heartbeat_timeout);
+    let health: Arc<dyn Health> = Arc::new(Prober::new(config.heartbeat_timeout));
     let metrics = Arc::new(Metrics::new());
     let supervisor = Supervisor::new(
         runtime.clone(),
-        prober.clone(),
+        health.clone(),
         ring,
         SupervisorConfig {
             replicas,
@@ -133,7 +133,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (handle, supervisor_task) = supervisor.spawn(events_rx, unhealthy_rx);
     let heartbeat = tokio::spawn(health::heartbeat_loop(
         snapshot.clone(),
-        prober,
+        health,
         HeartbeatConfig {
             interval: config.heartbeat_interval,
             failures: config.heartbeat_failures,

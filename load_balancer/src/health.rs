@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -21,6 +24,30 @@ pub struct HeartbeatConfig {
     pub interval: Duration,
     /// Failed probes in a row that take a replica out.
     pub failures: u32,
+}
+
+/// How the balancer learns whether a replica answers: an HTTP heartbeat today, gRPC
+/// health or reported load later. A trait, so the supervisor's logic is tested with a
+/// fake.
+#[async_trait]
+pub trait Health: Send + Sync {
+    /// Whether the replica at `address` answers now.
+    async fn check(&self, address: &str) -> bool;
+
+    /// Polls until the replica at `address` answers, or `within` passes.
+    async fn wait_ready(&self, address: &str, within: Duration) -> bool {
+        let poll = async {
+            let mut pause = Duration::from_millis(10);
+            loop {
+                if self.check(address).await {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+        };
+        tokio::time::timeout(within, poll).await.is_ok()
+    }
 }
 
 /// Sends `GET /heartbeat` to replicas.
@@ -41,9 +68,12 @@ impl Prober {
             .build(connector);
         Prober { client, timeout }
     }
+}
 
+#[async_trait]
+impl Health for Prober {
     /// Whether `address` answers `/heartbeat` with 200 in time.
-    pub async fn heartbeat(&self, address: &str) -> bool {
+    async fn check(&self, address: &str) -> bool {
         let Ok(uri) = format!("http://{address}/heartbeat").parse::<hyper::Uri>() else {
             return false;
         };
@@ -52,21 +82,6 @@ impl Prober {
             _ => false,
         }
     }
-
-    /// Polls `/heartbeat` until it answers or `deadline` passes.
-    pub async fn wait_ready(&self, address: &str, deadline: Duration) -> bool {
-        let poll = async {
-            let mut pause = Duration::from_millis(10);
-            loop {
-                if self.heartbeat(address).await {
-                    return;
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(200));
-            }
-        };
-        tokio::time::timeout(deadline, poll).await.is_ok()
-    }
 }
 
 /// Probes every healthy replica of the current snapshot each `interval`, and sends
@@ -74,7 +89,7 @@ impl Prober {
 /// the replica's passive-health failures, which is how an ejected replica returns.
 pub async fn heartbeat_loop(
     snapshot: SharedSnapshot,
-    prober: Prober,
+    health: Arc<dyn Health>,
     config: HeartbeatConfig,
     unhealthy: mpsc::UnboundedSender<String>,
 ) {
@@ -90,7 +105,7 @@ pub async fn heartbeat_loop(
             .filter(|r| r.state == ReplicaState::Healthy)
             .filter_map(|r| Some((r.id, r.handle.clone()?, r.address.clone()?)))
             .collect();
-        let probes = targets.iter().map(|(_, _, addr)| prober.heartbeat(addr));
+        let probes = targets.iter().map(|(_, _, addr)| health.check(addr));
         let results = futures_util::future::join_all(probes).await;
         let mut still_there = HashMap::new();
         for ((id, handle, _), ok) in targets.into_iter().zip(results) {

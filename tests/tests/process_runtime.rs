@@ -392,3 +392,60 @@ fn concurrent_adds_and_removes_are_applied_one_at_a_time() {
         replicas(&lb).iter().map(|r| r["id"].as_u64()).collect();
     assert_eq!(ids.len(), 7);
 }
+
+#[test]
+fn a_replica_killed_during_a_slow_add_is_replaced_at_once() {
+    // A wrapper around the server that makes the replica named "Slow" take 8 s to
+    // start, and says when it began.
+    let dir = std::env::temp_dir().join(format!("lb-slow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let started = dir.join("slow-started");
+    let wrapper = dir.join("server");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$SERVER_ID\" = Slow ]; then touch '{}'; sleep 8; fi\nexec '{}' \"$@\"\n",
+            started.display(),
+            e2e::bin("server").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let lb = Arc::new(balancer(&["--server-bin", wrapper.to_str().unwrap()]));
+    let adder = lb.clone();
+    let add = std::thread::spawn(move || {
+        adder.send("POST", "/add", Some(r#"{"n": 1, "hostnames": ["Slow"]}"#))
+    });
+    poll("the slow replica to begin starting", BOOT, || {
+        started.exists().then_some(())
+    });
+    let victim = replicas(&lb)[1].clone();
+    let (name, handle) = (
+        victim["hostname"].as_str().unwrap(),
+        victim["handle"].as_str().unwrap(),
+    );
+    let killed_at = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(handle.parse().unwrap()),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    poll(
+        "the replacement to be healthy",
+        Duration::from_secs(15),
+        || replaced(&lb, name, handle),
+    );
+    let took = killed_at.elapsed();
+    eprintln!("kill-to-healthy during a slow /add: {took:?}");
+    // Before, the death waited for the /add: about the 8 s of the slow start.
+    assert!(took < Duration::from_secs(3), "replaced after {took:?}");
+    assert!(!add.is_finished(), "the slow /add answered too early");
+    let reply = add.join().unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(rep_names(&lb), ["Server1", "Server2", "Server3", "Slow"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,12 +1,18 @@
 //! Keeps the replica set: serves `/add` and `/rm`, replaces dead replicas, and
 //! publishes a new [`Snapshot`] after every change.
 //!
-//! One task owns all replica state and handles one message at a time, so admin
-//! requests are serialized and each is applied whole or not at all, without a lock.
-//! Slow work that must not hold up the rest (launching a replacement, waiting for it
-//! to answer, backoff sleeps) runs in spawned tasks that report back by message.
+//! One task owns all replica state and handles one message at a time, so each admin
+//! request is applied whole or not at all, without a lock. It never waits: slow work
+//! (launching replicas for `/add` or a replacement, waiting for them to answer,
+//! draining and stopping for `/rm`, backoff sleeps) runs in spawned tasks that report
+//! back by message. Admin requests still take turns (one in flight, the rest queued),
+//! but a death is handled the moment it is heard of, whatever `/add` is doing.
 
-use std::collections::BTreeMap;
+mod launch;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +20,11 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 
+pub use launch::{backoff, LaunchError};
+
 use crate::admin::{self, Member, ScaleRequest};
 use crate::error::ApiError;
-use crate::health::Prober;
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::ring::{Ring, ServerId};
 use crate::runtime::{ReplicaSpec, Running, Runtime, RuntimeEvent};
@@ -24,8 +32,6 @@ use crate::snapshot::{Backend, ReplicaState, ReplicaStatus, Routing, SharedSnaps
 
 /// A replica that stayed healthy this long has its crash streak forgiven.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
-/// The longest wait before another respawn attempt.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Supervisor settings.
 #[derive(Debug, Clone)]
@@ -40,31 +46,35 @@ pub struct SupervisorConfig {
     pub drain_timeout: Duration,
 }
 
-/// The delay before respawn attempt number `streak` (0 = the first, immediate).
-pub fn backoff(streak: u32) -> Duration {
-    if streak == 0 {
-        return Duration::ZERO;
-    }
-    let ms = 250u64.saturating_mul(1u64 << (streak - 1).min(16));
-    Duration::from_millis(ms).min(MAX_BACKOFF)
-}
-
 enum Command {
     Add(ScaleRequest, oneshot::Sender<Result<(), ApiError>>),
     Remove(ScaleRequest, oneshot::Sender<Result<(), ApiError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
+type Reply = oneshot::Sender<Result<(), ApiError>>;
+
 /// Reports from the supervisor's own spawned tasks.
 enum Note {
     Launched {
         id: ServerId,
         incarnation: u64,
-        result: Result<Running, String>,
+        result: Result<Running, LaunchError>,
     },
     Respawn {
         id: ServerId,
         incarnation: u64,
+    },
+    /// An `/add`'s replicas all answered (`Ok`), or one could not start and the others
+    /// were stopped again (`Err`).
+    Added {
+        plan: Vec<Member>,
+        result: Result<Vec<Running>, LaunchError>,
+        reply: Reply,
+    },
+    /// An `/rm`'s replicas are drained and stopped.
+    Removed {
+        reply: Reply,
     },
 }
 
@@ -156,7 +166,7 @@ impl Replica {
 /// [`Supervisor::spawn`] it.
 pub struct Supervisor {
     runtime: Arc<dyn Runtime>,
-    prober: Prober,
+    health: Arc<dyn Health>,
     config: SupervisorConfig,
     ring: Ring,
     replicas: BTreeMap<ServerId, Replica>,
@@ -164,13 +174,17 @@ pub struct Supervisor {
     metrics: Arc<Metrics>,
     notes: mpsc::UnboundedSender<Note>,
     notes_rx: Option<mpsc::UnboundedReceiver<Note>>,
+    /// An `/add` or `/rm` is being carried out by its task.
+    busy: bool,
+    /// Admin requests waiting for their turn.
+    queued: VecDeque<Command>,
 }
 
 impl Supervisor {
     /// A supervisor over `runtime`, publishing into `snapshot`.
     pub fn new(
         runtime: Arc<dyn Runtime>,
-        prober: Prober,
+        health: Arc<dyn Health>,
         ring: Ring,
         mut config: SupervisorConfig,
         snapshot: SharedSnapshot,
@@ -180,7 +194,7 @@ impl Supervisor {
         let (notes, notes_rx) = mpsc::unbounded_channel();
         Supervisor {
             runtime,
-            prober,
+            health,
             config,
             ring,
             replicas: BTreeMap::new(),
@@ -188,6 +202,8 @@ impl Supervisor {
             metrics,
             notes,
             notes_rx: Some(notes_rx),
+            busy: false,
+            queued: VecDeque::new(),
         }
     }
 
@@ -220,23 +236,15 @@ impl Supervisor {
         mut notes: mpsc::UnboundedReceiver<Note>,
     ) {
         self.boot().await;
+        let mut open = true;
         loop {
             tokio::select! {
-                cmd = commands.recv() => match cmd {
-                    Some(Command::Add(req, reply)) => {
-                        let _ = reply.send(self.add(req).await);
-                    }
-                    Some(Command::Remove(req, reply)) => {
-                        let _ = reply.send(self.remove(req).await);
-                    }
-                    Some(Command::Shutdown(reply)) => {
-                        self.shutdown().await;
-                        let _ = reply.send(());
-                        return;
-                    }
+                cmd = commands.recv(), if open => match cmd {
+                    Some(cmd) => self.queued.push_back(cmd),
                     None => {
-                        self.shutdown().await;
-                        return;
+                        // Every handle is gone: nobody can ask anything again.
+                        open = false;
+                        self.queued.push_back(Command::Shutdown(oneshot::channel().0));
                     }
                 },
                 Some(RuntimeEvent::Died { handle, reason }) = events.recv() => {
@@ -246,6 +254,19 @@ impl Supervisor {
                     self.on_died(&handle, "missed heartbeats");
                 }
                 Some(note) = notes.recv() => self.on_note(note),
+            }
+            // The next admin request starts once the one before it has reported back.
+            while !self.busy {
+                match self.queued.pop_front() {
+                    Some(Command::Add(req, reply)) => self.begin_add(req, reply),
+                    Some(Command::Remove(req, reply)) => self.begin_remove(req, reply),
+                    Some(Command::Shutdown(reply)) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => break,
+                }
             }
         }
     }
@@ -321,13 +342,13 @@ impl Supervisor {
         let (incarnation, spec) = (r.incarnation, r.spec());
         let (adopted, stale) = (r.running.take(), r.stale.take());
         let runtime = self.runtime.clone();
-        let prober = self.prober.clone();
+        let health = self.health.clone();
         let timeout = self.config.start_timeout;
         let notes = self.notes.clone();
         tokio::spawn(async move {
             let result = match adopted {
-                Some(running) => wait_ready(&*runtime, &prober, running, timeout).await,
-                None => launch(&*runtime, &prober, &spec, stale, timeout).await,
+                Some(running) => launch::wait_ready(&*runtime, &*health, running, timeout).await,
+                None => launch::launch(&*runtime, &*health, &spec, stale, timeout).await,
             };
             let _ = notes.send(Note::Launched {
                 id,
@@ -380,6 +401,18 @@ impl Supervisor {
                     self.publish();
                 }
             }
+            Note::Added {
+                plan,
+                result,
+                reply,
+            } => {
+                self.busy = false;
+                let _ = reply.send(self.finish_add(plan, result));
+            }
+            Note::Removed { reply } => {
+                self.busy = false;
+                let _ = reply.send(Ok(()));
+            }
         }
     }
 
@@ -420,43 +453,85 @@ impl Supervisor {
         });
     }
 
-    async fn add(&mut self, req: ScaleRequest) -> Result<(), ApiError> {
+    /// Plans an `/add` and launches its replicas in a task of their own; the answer
+    /// goes out when it reports back ([`Supervisor::finish_add`]).
+    fn begin_add(&mut self, req: ScaleRequest, reply: Reply) {
         if !self.runtime.can_start() {
-            return Err(ApiError::bad(format!(
-                "The {} runtime cannot start replicas",
-                self.runtime.name()
-            )));
+            let why = format!("The {} runtime cannot start replicas", self.runtime.name());
+            let _ = reply.send(Err(ApiError::bad(why)));
+            return;
         }
-        let plan = admin::plan_add(&self.members(), &req, self.config.capacity)?;
-        let (runtime, prober, timeout) = (&*self.runtime, &self.prober, self.config.start_timeout);
-        let launches = plan.iter().map(|m| {
-            let spec = ReplicaSpec {
-                hostname: m.hostname.clone(),
-                id: m.id,
+        // Admin requests take turns, so no other one can claim these names and ids
+        // before this one is done; deaths and respawns never make new ones.
+        let plan = match admin::plan_add(&self.members(), &req, self.config.capacity) {
+            Ok(plan) => plan,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        self.busy = true;
+        let (runtime, health) = (self.runtime.clone(), self.health.clone());
+        let (timeout, notes) = (self.config.start_timeout, self.notes.clone());
+        tokio::spawn(async move {
+            let (runtime, health) = (&*runtime, &*health);
+            let launches = plan.iter().map(|m| async move {
+                let spec = ReplicaSpec {
+                    hostname: m.hostname.clone(),
+                    id: m.id,
+                };
+                launch::launch(runtime, health, &spec, None, timeout).await
+            });
+            let results = join_all(launches).await;
+            // All or nothing: one that failed takes the others down with it.
+            let result = match results.iter().find_map(|r| r.as_ref().err()).cloned() {
+                Some(err) => {
+                    let started = results.iter().filter_map(|r| r.as_ref().ok());
+                    join_all(started.map(|r| runtime.stop(r, Duration::ZERO))).await;
+                    Err(err)
+                }
+                None => Ok(results.into_iter().filter_map(Result::ok).collect()),
             };
-            async move { launch(runtime, prober, &spec, None, timeout).await }
+            let _ = notes.send(Note::Added {
+                plan,
+                result,
+                reply,
+            });
         });
-        let results = join_all(launches).await;
-        if let Some(err) = results.iter().find_map(|r| r.as_ref().err()) {
-            let started: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-            join_all(started.iter().map(|r| runtime.stop(r, Duration::ZERO))).await;
-            return Err(ApiError::StartFailed(format!(
+    }
+
+    /// Puts an `/add`'s replicas in the ring once all of them answered.
+    fn finish_add(
+        &mut self,
+        plan: Vec<Member>,
+        result: Result<Vec<Running>, LaunchError>,
+    ) -> Result<(), ApiError> {
+        let running = result.map_err(|err| {
+            ApiError::StartFailed(format!(
                 "Could not start the new replicas, none were added: {err}"
-            )));
-        }
-        for (m, running) in plan.into_iter().zip(results) {
+            ))
+        })?;
+        for (m, running) in plan.into_iter().zip(running) {
             self.ring.add(m.id).expect("plan_add respects capacity");
             let mut replica = Replica::new(m.hostname, m.id);
             replica.incarnation = 1;
-            replica.become_healthy(running.expect("checked above"), &self.metrics);
+            replica.become_healthy(running, &self.metrics);
             self.replicas.insert(m.id, replica);
         }
         self.publish();
         Ok(())
     }
 
-    async fn remove(&mut self, req: ScaleRequest) -> Result<(), ApiError> {
-        let plan = admin::plan_remove(&self.members(), &req)?;
+    /// Takes an `/rm`'s replicas out of routing at once, then drains and stops them in
+    /// a task of their own; the answer goes out when it reports back.
+    fn begin_remove(&mut self, req: ScaleRequest, reply: Reply) {
+        let plan = match admin::plan_remove(&self.members(), &req) {
+            Ok(plan) => plan,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
         let mut leaving = Vec::new();
         for m in &plan {
             self.ring.remove(m.id);
@@ -466,23 +541,26 @@ impl Supervisor {
         }
         // Out of routing first, so no new request reaches them; then drain.
         self.publish();
+        self.busy = true;
         let deadline = Instant::now() + self.config.drain_timeout;
-        for backend in leaving.iter().filter_map(|r| r.backend.as_ref()) {
-            while backend.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        let (runtime, notes) = (self.runtime.clone(), self.notes.clone());
+        tokio::spawn(async move {
+            for backend in leaving.iter().filter_map(|r| r.backend.as_ref()) {
+                while backend.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
-        }
-        let runtime = &*self.runtime;
-        let stops = leaving
-            .iter()
-            .flat_map(|r| r.running.iter().chain(r.stale.iter()))
-            .map(|run| runtime.stop(run, Duration::from_secs(5)));
-        for result in join_all(stops).await {
-            if let Err(e) = result {
-                log::warn!("stopping a removed replica: {e}");
+            let stops = leaving
+                .iter()
+                .flat_map(|r| r.running.iter().chain(r.stale.iter()))
+                .map(|run| runtime.stop(run, Duration::from_secs(5)));
+            for result in join_all(stops).await {
+                if let Err(e) = result {
+                    log::warn!("stopping a removed replica: {e}");
+                }
             }
-        }
-        Ok(())
+            let _ = notes.send(Note::Removed { reply });
+        });
     }
 
     async fn shutdown(&mut self) {
@@ -521,54 +599,5 @@ impl Supervisor {
             routing: Routing::new(table, backends),
             replicas,
         }));
-    }
-}
-
-/// Starts a replica and waits until it answers; a replica that never answers is
-/// stopped again, so a failed launch leaves nothing behind.
-async fn launch(
-    runtime: &dyn Runtime,
-    prober: &Prober,
-    spec: &ReplicaSpec,
-    stale: Option<Running>,
-    timeout: Duration,
-) -> Result<Running, String> {
-    if let Some(old) = stale {
-        if let Err(e) = runtime.stop(&old, Duration::ZERO).await {
-            log::warn!("cleaning up the old {}: {e}", old.hostname);
-        }
-    }
-    let running = runtime.start(spec).await.map_err(|e| e.to_string())?;
-    wait_ready(runtime, prober, running, timeout).await
-}
-
-async fn wait_ready(
-    runtime: &dyn Runtime,
-    prober: &Prober,
-    running: Running,
-    timeout: Duration,
-) -> Result<Running, String> {
-    if prober.wait_ready(&running.address, timeout).await {
-        return Ok(running);
-    }
-    let _ = runtime.stop(&running, Duration::ZERO).await;
-    Err(format!(
-        "{} did not answer /heartbeat within {timeout:?}",
-        running.hostname
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_first_respawn_is_immediate_and_later_ones_back_off_to_a_cap() {
-        assert_eq!(backoff(0), Duration::ZERO);
-        assert_eq!(backoff(1), Duration::from_millis(250));
-        assert_eq!(backoff(2), Duration::from_millis(500));
-        assert_eq!(backoff(3), Duration::from_secs(1));
-        assert_eq!(backoff(7), MAX_BACKOFF);
-        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 }
