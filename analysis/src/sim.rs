@@ -1,7 +1,8 @@
 //! Ring-only simulations: the pure routing code of the balancer, no network. Fixed
 //! seeds (or every 6-digit id) make them repeat exactly; the report labels them so.
 
-use load_balancer::ring::{Geometry, Ring, ServerId, Table};
+use load_balancer::backend::ServerId;
+use load_balancer::ring::{Geometry, Ring, Table};
 use load_balancer::scheme::{bounded, by_name};
 use rand::{Rng, SeedableRng};
 

@@ -304,7 +304,7 @@ fn check_request(data: &[u8], split: usize, flags: u8) -> Option<(Framing, usize
     };
     let http10 = req.minor == 0;
     let mut out = Vec::new();
-    let result = rewrite_request(&req, &Peer::new(peer), &key, &mut out);
+    let result = rewrite_request(&req, &Peer::new(peer), Some(&key), &mut out);
     let reference = reference_request(req.method, req.target, req.headers, http10);
     let info = match (result, reference) {
         (Ok(info), Ok(framing)) => {

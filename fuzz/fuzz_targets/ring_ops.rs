@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use load_balancer::ring::{Geometry, Ring, RingError, ServerId};
+use load_balancer::backend::ServerId;
+use load_balancer::ring::{Geometry, Ring, RingError};
 use load_balancer::scheme::bounded::{self, Bound};
 use load_balancer::scheme::{by_name, SelectorKind, NAMES};
 

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use rand::seq::SliceRandom;
 use serde_json::Value;
 
+use crate::backend::ServerId;
 use crate::error::ApiError;
-use crate::ring::ServerId;
 
 /// The largest body the admin endpoints read.
 pub const MAX_BODY: usize = 64 * 1024;

@@ -14,6 +14,7 @@ use crate::config::{Config, RuntimeKind};
 use crate::dataplane::{DataPlane, ForwardConfig};
 use crate::health::{self, Health, HeartbeatConfig, Prober};
 use crate::metrics::Metrics;
+use crate::policy::hash::HashPolicy;
 use crate::ring::{Geometry, Ring};
 use crate::runtime::docker::{DockerRuntime, DockerSettings, ReplicaLimits};
 use crate::runtime::process::ProcessRuntime;
@@ -98,7 +99,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         virtual_nodes: config.virtual_nodes as usize,
     };
     let bound = config.balance_factor.and_then(Bound::new);
-    let ring = Ring::new(geometry, scheme.clone()).with_bound(bound);
+    let policy = Box::new(HashPolicy::new(
+        Ring::new(geometry, scheme.clone()).with_bound(bound),
+    ));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let runtime = build_runtime(&config, events_tx).await?;
     let replicas = match config.runtime {
@@ -113,13 +116,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         log::warn!("{replicas} replicas asked for, but only {capacity} fit; starting {capacity}");
     }
 
-    let snapshot = Arc::new(ArcSwap::from_pointee(Supervisor::empty_snapshot(&ring)));
+    let snapshot = Arc::new(ArcSwap::from_pointee(Supervisor::empty_snapshot(&*policy)));
     let health: Arc<dyn Health> = Arc::new(Prober::new(config.heartbeat_timeout));
     let metrics = Arc::new(Metrics::new());
     let supervisor = Supervisor::new(
         runtime.clone(),
         health.clone(),
-        ring,
+        policy,
         SupervisorConfig {
             replicas,
             capacity,

@@ -110,7 +110,7 @@ pub async fn heartbeat_loop(
         let mut still_there = HashMap::new();
         for ((id, handle, _), ok) in targets.into_iter().zip(results) {
             let missed = if ok {
-                if let Some(b) = snap.routing.backend(id) {
+                if let Some(b) = snap.picker.backend(id) {
                     b.failures.store(0, Ordering::Relaxed);
                 }
                 0

@@ -10,12 +10,14 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod backend;
 pub mod config;
 pub mod dataplane;
 pub mod error;
 pub mod hashkey;
 pub mod health;
 pub mod metrics;
+pub mod policy;
 pub mod ring;
 pub mod runtime;
 pub mod scheme;

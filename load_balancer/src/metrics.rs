@@ -118,7 +118,7 @@ impl Metrics {
 
     /// The text exposition, with the gauges read from `snap`.
     pub fn render(&self, snap: &Snapshot) -> String {
-        self.in_flight.set(snap.routing.in_flight() as i64);
+        self.in_flight.set(snap.picker.in_flight() as i64);
         for (state, name) in [
             (ReplicaState::Starting, "starting"),
             (ReplicaState::Healthy, "healthy"),
@@ -153,12 +153,11 @@ mod tests {
         c.response(204);
         c.response(503);
         c.error();
-        let text = m.render(&crate::supervisor::Supervisor::empty_snapshot(
-            &crate::ring::Ring::new(
-                crate::ring::Geometry::DEFAULT,
-                std::sync::Arc::new(crate::scheme::Quadratic),
-            ),
+        let policy = crate::policy::hash::HashPolicy::new(crate::ring::Ring::new(
+            crate::ring::Geometry::DEFAULT,
+            std::sync::Arc::new(crate::scheme::Quadratic),
         ));
+        let text = m.render(&crate::supervisor::Supervisor::empty_snapshot(&policy));
         assert!(
             text.contains(r#"lb_requests_total{class="2xx",replica="Server1"} 2"#),
             "{text}"

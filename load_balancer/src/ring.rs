@@ -14,8 +14,7 @@ use crate::scheme::bounded::Bound;
 use crate::scheme::{HashScheme, SelectorKind};
 pub use crate::table::{Candidates, Table};
 
-/// A replica's numeric id on the ring (`i >= 1`).
-pub type ServerId = u32;
+use crate::backend::ServerId;
 
 /// Why the ring refused a change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

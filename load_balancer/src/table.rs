@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::ring::ServerId;
+use crate::backend::ServerId;
 use crate::scheme::bounded::Bound;
 use crate::scheme::maglev;
 use crate::scheme::rendezvous::Heaviest;

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -24,7 +25,7 @@ use crate::api;
 use crate::error::ApiError;
 use crate::hashkey::HashKey;
 use crate::metrics::Metrics;
-use crate::snapshot::SharedSnapshot;
+use crate::snapshot::{SharedSnapshot, Snapshot};
 
 /// How long an admin call may take, queued behind others included.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -60,7 +61,7 @@ pub struct ForwardConfig {
 pub struct Worker {
     pub config: ForwardConfig,
     pub snapshot: SharedSnapshot,
-    pub metrics: std::sync::Arc<Metrics>,
+    pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
     /// Idle upstream connections.
     pool: Pool,
@@ -71,7 +72,7 @@ impl Worker {
     pub fn new(
         config: ForwardConfig,
         snapshot: SharedSnapshot,
-        metrics: std::sync::Arc<Metrics>,
+        metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Worker {
@@ -172,7 +173,7 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
     loop {
         let head = read_head(&worker, &mut client, &peer, &mut b, &mut shutdown, first).await;
         first = false;
-        let (info, route) = match head {
+        let (info, route, snap) = match head {
             Ok(Some(x)) => x,
             Ok(None) => return,
             Err(e) => {
@@ -221,7 +222,7 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
                     ApiError::Forbidden(format!("{} is served on the admin address only", b.path));
                 reply_error(&mut client, &mut b, &info, err).await
             }
-            Route::Replicas => forward(&worker, &mut client, &mut b, &info).await,
+            Route::Replicas => forward(&worker, &snap, &mut client, &mut b, &info).await,
         };
         if !keep_alive || *shutdown.borrow() {
             if b.unread_body {
@@ -266,7 +267,7 @@ async fn read_head(
     b: &mut Buffers,
     shutdown: &mut watch::Receiver<bool>,
     first: bool,
-) -> Result<Option<(RequestInfo, Route)>, HeadError> {
+) -> Result<Option<Prepared>, HeadError> {
     // Between requests the wait is the keep-alive idle time; inside a head, the
     // header timeout from its first bytes. A new connection gets the header timeout
     // from the start: one that never sends a byte would otherwise hold a connection
@@ -302,11 +303,11 @@ async fn read_head(
     }
 }
 
-fn prepare(
-    worker: &Worker,
-    peer: &Peer,
-    b: &mut Buffers,
-) -> Result<Option<(RequestInfo, Route)>, HeadError> {
+/// A request ready to go: what it is, where it goes, and the snapshot it was read
+/// against (loaded once per request).
+type Prepared = (RequestInfo, Route, Arc<Snapshot>);
+
+fn prepare(worker: &Worker, peer: &Peer, b: &mut Buffers) -> Result<Option<Prepared>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let max = worker.config.max_header_bytes;
     let Some(req) = http1::parse_request(&b.client_in, &mut headers)? else {
@@ -319,7 +320,11 @@ fn prepare(
     if req.head_len > max {
         return Err(HeadError::TooLarge);
     }
-    let info = http1::rewrite_request(&req, peer, &worker.config.hash_key, &mut b.request_head)?;
+    let snap = worker.snapshot.load_full();
+    // Computing a key costs (a random draw, a header or cookie scan): only when the
+    // policy reads it.
+    let key = snap.picker.needs_key().then_some(&worker.config.hash_key);
+    let info = http1::rewrite_request(&req, peer, key, &mut b.request_head)?;
     let path = crate::hashkey::KeySource::path(&req);
     let route = if !api::is_admin(req.method, path) {
         Route::Replicas
@@ -339,25 +344,25 @@ fn prepare(
     b.path.clear();
     b.path.push_str(path);
     b.client_in.advance(info.head_len);
-    Ok(Some((info, route)))
+    Ok(Some((info, route, snap)))
 }
 
 /// Sends a request to the ring's candidates in turn until one answers.
 /// Returns whether the client connection stays open.
 async fn forward(
     worker: &Worker,
+    snap: &Snapshot,
     client: &mut TcpStream,
     b: &mut Buffers,
     info: &RequestInfo,
 ) -> bool {
-    let snap = worker.snapshot.load_full();
-    if snap.routing.table.is_empty() {
+    if snap.picker.is_empty() {
         let err = ApiError::Unavailable("No replica is available".into());
         return reply_error(client, b, info, err).await;
     }
     let metrics = &worker.metrics;
     let mut last_error = None;
-    for (attempt, backend) in snap.routing.candidates(info.request_id).enumerate() {
+    for (attempt, backend) in snap.picker.candidates(info.request_id).enumerate() {
         if attempt > 0 {
             metrics.retries.inc();
         }
@@ -371,7 +376,9 @@ async fn forward(
             Ok((status, keep_alive)) => {
                 // A tunnel's lifetime is not a response time.
                 if status != 101 {
-                    metrics.latency.observe(b.started.elapsed().as_secs_f64());
+                    let took = b.started.elapsed();
+                    metrics.latency.observe(took.as_secs_f64());
+                    backend.observe_latency(took);
                 }
                 backend.counters.response(status);
                 backend.clear_failures();

@@ -80,7 +80,7 @@ pub struct RequestInfo {
     /// WebSocket handshake does): the `Upgrade` header goes upstream, and a `101`
     /// answer turns the connection into a tunnel.
     pub upgrade: bool,
-    /// The ring key for this request.
+    /// The request's key, when the policy needs one (else 0).
     pub request_id: u64,
 }
 
@@ -445,12 +445,13 @@ fn asks_for_http2(headers: &[httparse::Header<'_>]) -> bool {
         })
 }
 
-/// Checks a request, computes its key, and writes the head to send upstream into
-/// `out` (cleared first): hop-by-hop headers dropped, `X-Forwarded-*` set.
+/// Checks a request, computes its key when `hash_key` is given (the policy needs
+/// one), and writes the head to send upstream into `out` (cleared first): hop-by-hop
+/// headers dropped, `X-Forwarded-*` set.
 pub fn rewrite_request(
     req: &Request<'_, '_>,
     peer: &Peer,
-    hash_key: &HashKey,
+    hash_key: Option<&HashKey>,
     out: &mut Vec<u8>,
 ) -> Result<RequestInfo, HeadError> {
     let framing = request_framing(req)?;
@@ -525,7 +526,7 @@ pub fn rewrite_request(
         is_head: req.method == "HEAD",
         http10,
         upgrade,
-        request_id: hash_key.request_id(&WithPeer(req, peer.ip)),
+        request_id: hash_key.map_or(0, |k| k.request_id(&WithPeer(req, peer.ip))),
     })
 }
 
@@ -671,7 +672,7 @@ mod tests {
         let info = rewrite_request(
             &req,
             &Peer::new("10.0.0.9".parse().unwrap()),
-            &HashKey::Query("id".into()),
+            Some(&HashKey::Query("id".into())),
             &mut out,
         )?;
         Ok((info, String::from_utf8(out).unwrap()))

@@ -38,7 +38,7 @@ impl PoolSlot {
     pub const API: PoolSlot = PoolSlot(0);
 
     /// Replica `id`'s slot.
-    pub fn replica(id: crate::ring::ServerId) -> PoolSlot {
+    pub fn replica(id: crate::backend::ServerId) -> PoolSlot {
         PoolSlot(id as usize + 1)
     }
 }

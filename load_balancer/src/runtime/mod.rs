@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::ring::ServerId;
+use crate::backend::ServerId;
 
 /// What the supervisor asks a runtime to start.
 #[derive(Debug, Clone, PartialEq, Eq)]

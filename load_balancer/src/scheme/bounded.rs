@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 
-use crate::ring::{ServerId, Table};
+use crate::backend::ServerId;
+use crate::ring::Table;
 
 /// The balance factor `c`, at least 1.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -5,7 +5,7 @@
 
 use super::mixed::{mix64, server_hash, Mixed};
 use super::{HashScheme, SelectorKind};
-use crate::ring::ServerId;
+use crate::backend::ServerId;
 
 /// The lookup table's size: a prime well above 100 × the ring's 56-server capacity,
 /// as the paper advises, so that per-server shares differ by under 1 %.

@@ -5,7 +5,7 @@
 
 use super::mixed::{mix64, request_hash, server_hash, Mixed};
 use super::{HashScheme, SelectorKind};
-use crate::ring::ServerId;
+use crate::backend::ServerId;
 
 /// Highest random weight. Virtual nodes are still placed (by [`Mixed`]) so that the
 /// ring's membership and capacity rules hold, but lookups never read them.

@@ -23,12 +23,13 @@ use tokio::sync::{mpsc, oneshot};
 pub use launch::{backoff, LaunchError};
 
 use crate::admin::{self, Member, ScaleRequest};
+use crate::backend::ServerId;
 use crate::error::ApiError;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::ring::{Ring, ServerId};
+use crate::policy::Policy;
 use crate::runtime::{ReplicaSpec, Running, Runtime, RuntimeEvent};
-use crate::snapshot::{Backend, ReplicaState, ReplicaStatus, Routing, SharedSnapshot, Snapshot};
+use crate::snapshot::{Backend, ReplicaState, ReplicaStatus, SharedSnapshot, Snapshot};
 
 /// A replica that stayed healthy this long has its crash streak forgiven.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
@@ -168,7 +169,8 @@ pub struct Supervisor {
     runtime: Arc<dyn Runtime>,
     health: Arc<dyn Health>,
     config: SupervisorConfig,
-    ring: Ring,
+    /// Places replicas as they join and leave, and builds each snapshot's picker.
+    policy: Box<dyn Policy>,
     replicas: BTreeMap<ServerId, Replica>,
     snapshot: SharedSnapshot,
     metrics: Arc<Metrics>,
@@ -185,18 +187,18 @@ impl Supervisor {
     pub fn new(
         runtime: Arc<dyn Runtime>,
         health: Arc<dyn Health>,
-        ring: Ring,
+        policy: Box<dyn Policy>,
         mut config: SupervisorConfig,
         snapshot: SharedSnapshot,
         metrics: Arc<Metrics>,
     ) -> Self {
-        config.capacity = config.capacity.min(ring.geometry().capacity());
+        config.capacity = config.capacity.min(policy.capacity());
         let (notes, notes_rx) = mpsc::unbounded_channel();
         Supervisor {
             runtime,
             health,
             config,
-            ring,
+            policy,
             replicas: BTreeMap::new(),
             snapshot,
             metrics,
@@ -208,9 +210,9 @@ impl Supervisor {
     }
 
     /// An empty snapshot to start a [`SharedSnapshot`] with.
-    pub fn empty_snapshot(ring: &Ring) -> Snapshot {
+    pub fn empty_snapshot(policy: &dyn Policy) -> Snapshot {
         Snapshot {
-            routing: Routing::new(ring.table(|_| false), []),
+            picker: policy.picker(Vec::new()),
             replicas: Vec::new(),
         }
     }
@@ -282,13 +284,13 @@ impl Supervisor {
             // ring's capacity; a larger label was not written by us, and tables are
             // indexed by id.
             let clash = running.id == 0
-                || running.id as usize > self.ring.geometry().capacity()
+                || running.id as usize > self.policy.capacity()
                 || self.replicas.contains_key(&running.id)
                 || self
                     .replicas
                     .values()
                     .any(|r| r.hostname == running.hostname)
-                || self.ring.add(running.id).is_err();
+                || self.policy.join(running.id).is_err();
             if clash {
                 log::warn!("not adopting duplicate {}", running.hostname);
                 let _ = self.runtime.stop(&running, Duration::ZERO).await;
@@ -310,7 +312,7 @@ impl Supervisor {
             match admin::plan_add(&self.members(), &req, self.config.capacity) {
                 Ok(plan) => {
                     for m in plan {
-                        self.ring.add(m.id).expect("plan_add respects capacity");
+                        self.policy.join(m.id).expect("plan_add respects capacity");
                         self.replicas.insert(m.id, Replica::new(m.hostname, m.id));
                         self.launch(m.id);
                     }
@@ -512,7 +514,7 @@ impl Supervisor {
             ))
         })?;
         for (m, running) in plan.into_iter().zip(running) {
-            self.ring.add(m.id).expect("plan_add respects capacity");
+            self.policy.join(m.id).expect("plan_add respects capacity");
             let mut replica = Replica::new(m.hostname, m.id);
             replica.incarnation = 1;
             replica.become_healthy(running, &self.metrics);
@@ -534,7 +536,7 @@ impl Supervisor {
         };
         let mut leaving = Vec::new();
         for m in &plan {
-            self.ring.remove(m.id);
+            self.policy.leave(m.id);
             if let Some(r) = self.replicas.remove(&m.id) {
                 leaving.push(r);
             }
@@ -573,15 +575,12 @@ impl Supervisor {
     }
 
     fn publish(&self) {
-        let routable = |r: &&Replica| r.state == ReplicaState::Healthy && r.backend.is_some();
-        let table = self
-            .ring
-            .table(|id| self.replicas.get(&id).is_some_and(|r| routable(&r)));
-        let backends = self
+        let routable = self
             .replicas
             .values()
-            .filter(routable)
-            .filter_map(|r| r.backend.clone());
+            .filter(|r| r.state == ReplicaState::Healthy)
+            .filter_map(|r| r.backend.clone())
+            .collect();
         let replicas = self
             .replicas
             .values()
@@ -596,7 +595,7 @@ impl Supervisor {
             .collect();
         self.metrics.ring_changes.inc();
         self.snapshot.store(Arc::new(Snapshot {
-            routing: Routing::new(table, backends),
+            picker: self.policy.picker(routable),
             replicas,
         }));
     }

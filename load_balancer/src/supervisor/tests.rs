@@ -12,7 +12,8 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::health::Health;
-use crate::ring::Geometry;
+use crate::policy::hash::HashPolicy;
+use crate::ring::{Geometry, Ring};
 use crate::runtime::{EventSender, RuntimeError};
 
 /// A runtime that records what it is asked. A hostname can be held at its start
@@ -114,11 +115,12 @@ fn start(runtime: Arc<FakeRuntime>, replicas: usize) -> Harness {
         },
         scheme,
     );
-    let snapshot = Arc::new(ArcSwap::from_pointee(Supervisor::empty_snapshot(&ring)));
+    let policy = Box::new(HashPolicy::new(ring));
+    let snapshot = Arc::new(ArcSwap::from_pointee(Supervisor::empty_snapshot(&*policy)));
     let supervisor = Supervisor::new(
         runtime.clone(),
         Arc::new(AlwaysUp),
-        ring,
+        policy,
         SupervisorConfig {
             replicas,
             capacity: 56,
