@@ -63,14 +63,28 @@ pub async fn only_the_relay_inside(
     next.call(req).await
 }
 
-/// The balancer's own endpoints; every other method and path goes to a replica.
-pub const ADMIN_ROUTES: &[(&str, &str)] = &[
-    ("GET", "/rep"),
-    ("GET", "/status"),
-    ("GET", "/metrics"),
-    ("POST", "/add"),
-    ("DELETE", "/rm"),
-];
+/// Declares the admin routes once: the list the data plane matches requests against,
+/// and their registration on the actix app, so the two cannot drift apart.
+macro_rules! admin_routes {
+    ($($method:ident $path:literal => $handler:ident,)*) => {
+        /// The balancer's own endpoints; every other method and path goes to a replica.
+        pub const ADMIN_ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        /// Registers every route of [`ADMIN_ROUTES`] on an actix `App`.
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $(cfg.route($path, web::method(actix_web::http::Method::$method).to($handler));)*
+            cfg.default_service(web::to(not_admin));
+        }
+    };
+}
+
+admin_routes! {
+    GET "/rep" => rep,
+    GET "/status" => status,
+    GET "/metrics" => metrics,
+    POST "/add" => add,
+    DELETE "/rm" => remove,
+}
 
 /// Whether a request is for the balancer itself rather than a replica.
 pub fn is_admin(method: &str, path: &str) -> bool {
@@ -80,16 +94,6 @@ pub fn is_admin(method: &str, path: &str) -> bool {
 /// Whether an admin call changes the replica set (and so may need its own address).
 pub fn is_mutating(method: &str) -> bool {
     method != "GET"
-}
-
-/// Registers every route of [`ADMIN_ROUTES`] on an actix `App`.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/rep", web::get().to(rep))
-        .route("/status", web::get().to(status))
-        .route("/metrics", web::get().to(metrics))
-        .route("/add", web::post().to(add))
-        .route("/rm", web::delete().to(remove))
-        .default_service(web::to(not_admin));
 }
 
 fn successful(message: serde_json::Value) -> HttpResponse {

@@ -4,6 +4,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::dataplane::http1::HeadError;
+
 /// An error answered to a client, always as `{"message": "<Error> …", "status": "failure"}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -16,6 +18,13 @@ pub enum ApiError {
     /// The body is larger than the admin endpoints accept.
     #[error("Request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// A request head larger than `--max-header-bytes`.
+    #[error("{0}")]
+    HeaderTooLarge(String),
+    /// The request asks for something HTTP allows but we do not do (a transfer coding
+    /// other than chunked, `CONNECT`).
+    #[error("{0}")]
+    NotImplemented(String),
     /// A mutating endpoint was called without the admin token.
     #[error("Missing or wrong admin token")]
     Unauthorized,
@@ -38,6 +47,17 @@ pub enum ApiError {
     /// There is no replica to forward to, or the balancer is shutting down.
     #[error("{0}")]
     Unavailable(String),
+}
+
+impl From<HeadError> for ApiError {
+    fn from(e: HeadError) -> Self {
+        let text = e.to_string();
+        match e {
+            HeadError::TooLarge => ApiError::HeaderTooLarge(text),
+            HeadError::Unsupported(_) => ApiError::NotImplemented(text),
+            HeadError::Malformed(_) => ApiError::BadRequest(text),
+        }
+    }
 }
 
 impl ApiError {
@@ -68,6 +88,8 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) | ApiError::UnknownEndpoint(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::HeaderTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::StartFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -83,5 +105,25 @@ impl ResponseError for ApiError {
             res.insert_header(("WWW-Authenticate", "Bearer"));
         }
         res.content_type("application/json").body(self.body())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_head_gets_the_status_and_reason_phrase_that_say_why() {
+        let cases = [
+            (HeadError::TooLarge, 431, "Request Header Fields Too Large"),
+            (HeadError::Unsupported("CONNECT"), 501, "Not Implemented"),
+            (HeadError::Malformed("no Host"), 400, "Bad Request"),
+        ];
+        for (head, status, reason) in cases {
+            let text = head.to_string();
+            let e = ApiError::from(head);
+            assert_eq!((e.status(), e.reason()), (status, reason));
+            assert!(e.body().contains(&text), "{}", e.body());
+        }
     }
 }

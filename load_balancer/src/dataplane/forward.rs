@@ -177,13 +177,7 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
             Ok(Some(x)) => x,
             Ok(None) => return,
             Err(e) => {
-                let (status, reason) = match e {
-                    HeadError::TooLarge => (431, "Request Header Fields Too Large"),
-                    HeadError::Unsupported(_) => (501, "Not Implemented"),
-                    HeadError::Malformed(_) => (400, "Bad Request"),
-                };
-                let body = ApiError::bad(e.to_string()).body();
-                let reply = http1::simple_response(status, reason, "application/json", &body, true);
+                let reply = error_reply(&ApiError::from(e), true);
                 if b.write_client(&mut client, &reply).await {
                     linger(&mut client).await;
                 }

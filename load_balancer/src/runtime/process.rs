@@ -103,7 +103,7 @@ impl Runtime for ProcessRuntime {
             }
         };
         let (exited_tx, exited_rx) = watch::channel(false);
-        self.exits.lock().unwrap().insert(pid, exited_rx);
+        lock(&self.exits).insert(pid, exited_rx);
         let events = self.events.clone();
         let exits = self.exits.clone();
         let handle = pid.to_string();
@@ -119,7 +119,8 @@ impl Runtime for ProcessRuntime {
                     Err(e) => e.to_string(),
                 };
                 log::debug!("{hostname} (pid {handle}) ended: {reason}");
-                exits.lock().unwrap().remove(&pid);
+                // A poisoned lock must not keep the death from being reported.
+                lock(&exits).remove(&pid);
                 let _ = exited_tx.send(true);
                 let _ = events.send(RuntimeEvent::Died { handle, reason });
             }
@@ -139,7 +140,7 @@ impl Runtime for ProcessRuntime {
                 replica.handle
             )));
         };
-        let exited = self.exits.lock().unwrap().remove(&pid);
+        let exited = lock(&self.exits).remove(&pid);
         let Some(mut exited) = exited else {
             return Ok(());
         };
@@ -164,5 +165,29 @@ impl Runtime for ProcessRuntime {
             .iter()
             .map(|r| self.stop(r, Duration::from_secs(5)));
         futures_util::future::join_all(stops).await;
+    }
+}
+
+/// The exit watchers, even if a panic elsewhere poisoned their lock: a replica's
+/// death must be reported whatever happened to another task.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_poisoned_by_a_panic_still_gives_its_contents() {
+        let m = Arc::new(Mutex::new(HashMap::from([(1u32, "a")])));
+        let held = m.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = held.lock().unwrap();
+            panic!("poisons the lock");
+        })
+        .join();
+        assert!(m.is_poisoned());
+        assert_eq!(lock(&m).remove(&1), Some("a"));
     }
 }
