@@ -15,11 +15,11 @@ use crate::dataplane::{DataPlane, ForwardConfig};
 use crate::health::{self, Health, HeartbeatConfig, Prober};
 use crate::metrics::Metrics;
 use crate::policy::hash::HashPolicy;
+use crate::provisioner::docker::{DockerProvisioner, DockerSettings, ReplicaLimits};
+use crate::provisioner::process::ProcessProvisioner;
+use crate::provisioner::static_set::StaticProvisioner;
+use crate::provisioner::{EventSender, Provisioner};
 use crate::ring::{Geometry, Ring};
-use crate::runtime::docker::{DockerRuntime, DockerSettings, ReplicaLimits};
-use crate::runtime::process::ProcessRuntime;
-use crate::runtime::static_set::StaticRuntime;
-use crate::runtime::{EventSender, Runtime};
 use crate::scheme;
 use crate::scheme::bounded::Bound;
 use crate::supervisor::{Supervisor, SupervisorConfig};
@@ -39,28 +39,28 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("docker runtime: {0}")]
-    Docker(crate::runtime::RuntimeError),
+    Docker(crate::provisioner::ProvisionError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-async fn build_runtime(
+async fn build_provisioner(
     config: &Config,
     events: EventSender,
-) -> Result<Arc<dyn Runtime>, StartError> {
+) -> Result<Arc<dyn Provisioner>, StartError> {
     Ok(match config.runtime {
         RuntimeKind::Process => {
             let bin = match &config.server_bin {
                 Some(p) => p.clone(),
                 None => server_beside_self().map_err(StartError::ServerBin)?,
             };
-            Arc::new(ProcessRuntime::new(bin, events))
+            Arc::new(ProcessProvisioner::new(bin, events))
         }
         RuntimeKind::Static => {
             if config.backends.is_empty() {
                 return Err(StartError::NoBackends);
             }
-            Arc::new(StaticRuntime::new(&config.backends))
+            Arc::new(StaticProvisioner::new(&config.backends))
         }
         RuntimeKind::Docker => {
             let settings = DockerSettings {
@@ -76,7 +76,7 @@ async fn build_runtime(
                 },
             };
             Arc::new(
-                DockerRuntime::connect(settings, events)
+                DockerProvisioner::connect(settings, events)
                     .await
                     .map_err(StartError::Docker)?,
             )
@@ -90,7 +90,7 @@ fn server_beside_self() -> std::io::Result<PathBuf> {
 }
 
 /// Runs the balancer: starts its replicas, serves until SIGINT or SIGTERM, drains,
-/// and lets the runtime decide what happens to the replicas.
+/// and lets the provisioner decide what happens to the replicas.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let scheme = scheme::by_name(&config.hash)
         .ok_or_else(|| StartError::UnknownScheme(config.hash.clone()))?;
@@ -103,7 +103,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         Ring::new(geometry, scheme.clone()).with_bound(bound),
     ));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let runtime = build_runtime(&config, events_tx).await?;
+    let provisioner = build_provisioner(&config, events_tx).await?;
     let replicas = match config.runtime {
         RuntimeKind::Static => config.backends.len(),
         _ => config.replicas,
@@ -120,7 +120,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let health: Arc<dyn Health> = Arc::new(Prober::new(config.heartbeat_timeout));
     let metrics = Arc::new(Metrics::new());
     let supervisor = Supervisor::new(
-        runtime.clone(),
+        provisioner.clone(),
         health.clone(),
         policy,
         SupervisorConfig {
@@ -160,7 +160,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         supervisor: handle.clone(),
         metrics: metrics.clone(),
         admin_token: config.admin_token.clone(),
-        runtime: runtime.name(),
+        runtime: provisioner.name(),
         hash: scheme.name(),
         hash_key: config.hash_key.to_string(),
         internal: internal_addr,
@@ -221,7 +221,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     log::info!(
         "listening on {} with {workers} workers; {} runtime, {replicas} replicas, hash {}, key {}",
         dataplane.local_addr(),
-        runtime.name(),
+        provisioner.name(),
         scheme.name(),
         config.hash_key
     );

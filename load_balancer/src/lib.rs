@@ -1,11 +1,15 @@
 //! A consistent-hashing HTTP load balancer that runs, watches and replaces its own
 //! replicas.
 //!
-//! The pure core: [`ring`], [`table`] and [`scheme`] (placement and lookup), [`hashkey`] (where a
-//! request's id comes from), [`admin`] (validation and planning of `/add` and `/rm`).
-//! The edges around it: [`runtime`] (who runs replicas), [`supervisor`] (keeps them
-//! alive), [`health`] (heartbeats), [`metrics`] (Prometheus), [`dataplane`] (the listener clients talk to, and forwarding), [`api`] (HTTP), [`app`]
-//! (wiring them together from a [`config::Config`]).
+//! The pure core: [`backend`] (a backend and its live figures), [`ring`], [`table`]
+//! and [`scheme`] (placement and lookup), [`policy`] (how a request's replica is
+//! chosen), [`hashkey`] (where a request's key comes from), [`admin`] (validation and
+//! planning of `/add` and `/rm`), [`error`] (every client-visible error as HTTP).
+//! The edges around it: [`provisioner`] (who runs replicas), [`supervisor`] (owns the
+//! replica set and keeps it alive), [`health`] (heartbeats), [`snapshot`] (what
+//! requests read), [`dataplane`] (the listener clients talk to), [`api`] (the admin
+//! API), [`metrics`] (Prometheus), [`app`] (wiring them from a [`config::Config`]).
+//! `docs/architecture.md` draws it.
 
 pub mod admin;
 pub mod api;
@@ -18,8 +22,8 @@ pub mod hashkey;
 pub mod health;
 pub mod metrics;
 pub mod policy;
+pub mod provisioner;
 pub mod ring;
-pub mod runtime;
 pub mod scheme;
 pub mod snapshot;
 pub mod supervisor;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::health::Health;
-use crate::runtime::{ReplicaSpec, Running, Runtime, RuntimeError};
+use crate::provisioner::{ProvisionError, Provisioner, ReplicaSpec, Running};
 
 /// The longest wait before another respawn attempt.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -12,9 +12,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Why a replica could not be brought up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LaunchError {
-    /// The runtime could not start it.
+    /// The provisioner could not start it.
     #[error(transparent)]
-    Runtime(#[from] RuntimeError),
+    Provision(#[from] ProvisionError),
     /// It started but never answered its heartbeat; it was stopped again.
     #[error("{hostname} did not answer /heartbeat within {within:?}")]
     NotReady { hostname: String, within: Duration },
@@ -33,24 +33,24 @@ pub fn backoff(streak: u32) -> Duration {
 /// stopped again, so a failed launch leaves nothing behind. `stale`, a dead earlier
 /// incarnation, is cleaned up first (a container keeps its name until removed).
 pub async fn launch(
-    runtime: &dyn Runtime,
+    provisioner: &dyn Provisioner,
     health: &dyn Health,
     spec: &ReplicaSpec,
     stale: Option<Running>,
     within: Duration,
 ) -> Result<Running, LaunchError> {
     if let Some(old) = stale {
-        if let Err(e) = runtime.stop(&old, Duration::ZERO).await {
+        if let Err(e) = provisioner.stop(&old, Duration::ZERO).await {
             log::warn!("cleaning up the old {}: {e}", old.hostname);
         }
     }
-    let running = runtime.start(spec).await?;
-    wait_ready(runtime, health, running, within).await
+    let running = provisioner.start(spec).await?;
+    wait_ready(provisioner, health, running, within).await
 }
 
 /// Waits for a started (or adopted) replica to answer; stops it if it never does.
 pub async fn wait_ready(
-    runtime: &dyn Runtime,
+    provisioner: &dyn Provisioner,
     health: &dyn Health,
     running: Running,
     within: Duration,
@@ -58,7 +58,7 @@ pub async fn wait_ready(
     if health.wait_ready(&running.address, within).await {
         return Ok(running);
     }
-    let _ = runtime.stop(&running, Duration::ZERO).await;
+    let _ = provisioner.stop(&running, Duration::ZERO).await;
     Err(LaunchError::NotReady {
         hostname: running.hostname,
         within,

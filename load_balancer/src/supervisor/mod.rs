@@ -28,7 +28,7 @@ use crate::error::ApiError;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::runtime::{ReplicaSpec, Running, Runtime, RuntimeEvent};
+use crate::provisioner::{Provisioner, ProvisionerEvent, ReplicaSpec, Running};
 use crate::snapshot::{Backend, ReplicaState, ReplicaStatus, SharedSnapshot, Snapshot};
 
 /// A replica that stayed healthy this long has its crash streak forgiven.
@@ -106,7 +106,7 @@ impl SupervisorHandle {
         self.ask(|tx| Command::Remove(req, tx)).await?
     }
 
-    /// Stops the supervisor; the runtime decides what happens to the replicas.
+    /// Stops the supervisor; the provisioner decides what happens to the replicas.
     pub async fn shutdown(&self) {
         let _ = self.ask(Command::Shutdown).await;
     }
@@ -166,7 +166,7 @@ impl Replica {
 /// The task that owns the replica set. Create with [`Supervisor::new`], then
 /// [`Supervisor::spawn`] it.
 pub struct Supervisor {
-    runtime: Arc<dyn Runtime>,
+    provisioner: Arc<dyn Provisioner>,
     health: Arc<dyn Health>,
     config: SupervisorConfig,
     /// Places replicas as they join and leave, and builds each snapshot's picker.
@@ -183,9 +183,9 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor over `runtime`, publishing into `snapshot`.
+    /// A supervisor over `provisioner`, publishing into `snapshot`.
     pub fn new(
-        runtime: Arc<dyn Runtime>,
+        provisioner: Arc<dyn Provisioner>,
         health: Arc<dyn Health>,
         policy: Box<dyn Policy>,
         mut config: SupervisorConfig,
@@ -195,7 +195,7 @@ impl Supervisor {
         config.capacity = config.capacity.min(policy.capacity());
         let (notes, notes_rx) = mpsc::unbounded_channel();
         Supervisor {
-            runtime,
+            provisioner,
             health,
             config,
             policy,
@@ -217,11 +217,11 @@ impl Supervisor {
         }
     }
 
-    /// Runs the supervisor until shutdown. `events` carries the runtime's death
+    /// Runs the supervisor until shutdown. `events` carries the provisioner's death
     /// reports, `unhealthy` the handles the heartbeat loop gave up on.
     pub fn spawn(
         mut self,
-        events: mpsc::UnboundedReceiver<RuntimeEvent>,
+        events: mpsc::UnboundedReceiver<ProvisionerEvent>,
         unhealthy: mpsc::UnboundedReceiver<String>,
     ) -> (SupervisorHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(64);
@@ -233,7 +233,7 @@ impl Supervisor {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut events: mpsc::UnboundedReceiver<RuntimeEvent>,
+        mut events: mpsc::UnboundedReceiver<ProvisionerEvent>,
         mut unhealthy: mpsc::UnboundedReceiver<String>,
         mut notes: mpsc::UnboundedReceiver<Note>,
     ) {
@@ -249,7 +249,7 @@ impl Supervisor {
                         self.queued.push_back(Command::Shutdown(oneshot::channel().0));
                     }
                 },
-                Some(RuntimeEvent::Died { handle, reason }) = events.recv() => {
+                Some(ProvisionerEvent::Died { handle, reason }) = events.recv() => {
                     self.on_died(&handle, &reason);
                 }
                 Some(handle) = unhealthy.recv() => {
@@ -273,9 +273,9 @@ impl Supervisor {
         }
     }
 
-    /// Adopts what the runtime already runs, then starts the rest of the replicas.
+    /// Adopts what the provisioner already runs, then starts the rest of the replicas.
     async fn boot(&mut self) {
-        let found = self.runtime.discover().await.unwrap_or_else(|e| {
+        let found = self.provisioner.discover().await.unwrap_or_else(|e| {
             log::error!("could not list existing replicas: {e}");
             Vec::new()
         });
@@ -293,7 +293,7 @@ impl Supervisor {
                 || self.policy.join(running.id).is_err();
             if clash {
                 log::warn!("not adopting duplicate {}", running.hostname);
-                let _ = self.runtime.stop(&running, Duration::ZERO).await;
+                let _ = self.provisioner.stop(&running, Duration::ZERO).await;
                 continue;
             }
             log::info!("adopting {} ({})", running.hostname, running.handle);
@@ -304,7 +304,7 @@ impl Supervisor {
             self.launch(id);
         }
         let missing = self.config.replicas.saturating_sub(self.replicas.len());
-        if missing > 0 && self.runtime.can_start() {
+        if missing > 0 && self.provisioner.can_start() {
             let req = ScaleRequest {
                 n: missing,
                 hostnames: Vec::new(),
@@ -343,14 +343,16 @@ impl Supervisor {
         r.state = ReplicaState::Starting;
         let (incarnation, spec) = (r.incarnation, r.spec());
         let (adopted, stale) = (r.running.take(), r.stale.take());
-        let runtime = self.runtime.clone();
+        let provisioner = self.provisioner.clone();
         let health = self.health.clone();
         let timeout = self.config.start_timeout;
         let notes = self.notes.clone();
         tokio::spawn(async move {
             let result = match adopted {
-                Some(running) => launch::wait_ready(&*runtime, &*health, running, timeout).await,
-                None => launch::launch(&*runtime, &*health, &spec, stale, timeout).await,
+                Some(running) => {
+                    launch::wait_ready(&*provisioner, &*health, running, timeout).await
+                }
+                None => launch::launch(&*provisioner, &*health, &spec, stale, timeout).await,
             };
             let _ = notes.send(Note::Launched {
                 id,
@@ -385,9 +387,9 @@ impl Supervisor {
                     }
                     (None, Ok(orphan)) => {
                         // Removed while it was starting: it belongs to nobody now.
-                        let runtime = self.runtime.clone();
+                        let provisioner = self.provisioner.clone();
                         tokio::spawn(async move {
-                            let _ = runtime.stop(&orphan, Duration::ZERO).await;
+                            let _ = provisioner.stop(&orphan, Duration::ZERO).await;
                         });
                     }
                     (None, Err(_)) => {}
@@ -458,8 +460,11 @@ impl Supervisor {
     /// Plans an `/add` and launches its replicas in a task of their own; the answer
     /// goes out when it reports back ([`Supervisor::finish_add`]).
     fn begin_add(&mut self, req: ScaleRequest, reply: Reply) {
-        if !self.runtime.can_start() {
-            let why = format!("The {} runtime cannot start replicas", self.runtime.name());
+        if !self.provisioner.can_start() {
+            let why = format!(
+                "The {} runtime cannot start replicas",
+                self.provisioner.name()
+            );
             let _ = reply.send(Err(ApiError::bad(why)));
             return;
         }
@@ -473,23 +478,23 @@ impl Supervisor {
             }
         };
         self.busy = true;
-        let (runtime, health) = (self.runtime.clone(), self.health.clone());
+        let (provisioner, health) = (self.provisioner.clone(), self.health.clone());
         let (timeout, notes) = (self.config.start_timeout, self.notes.clone());
         tokio::spawn(async move {
-            let (runtime, health) = (&*runtime, &*health);
+            let (provisioner, health) = (&*provisioner, &*health);
             let launches = plan.iter().map(|m| async move {
                 let spec = ReplicaSpec {
                     hostname: m.hostname.clone(),
                     id: m.id,
                 };
-                launch::launch(runtime, health, &spec, None, timeout).await
+                launch::launch(provisioner, health, &spec, None, timeout).await
             });
             let results = join_all(launches).await;
             // All or nothing: one that failed takes the others down with it.
             let result = match results.iter().find_map(|r| r.as_ref().err()).cloned() {
                 Some(err) => {
                     let started = results.iter().filter_map(|r| r.as_ref().ok());
-                    join_all(started.map(|r| runtime.stop(r, Duration::ZERO))).await;
+                    join_all(started.map(|r| provisioner.stop(r, Duration::ZERO))).await;
                     Err(err)
                 }
                 None => Ok(results.into_iter().filter_map(Result::ok).collect()),
@@ -545,7 +550,7 @@ impl Supervisor {
         self.publish();
         self.busy = true;
         let deadline = Instant::now() + self.config.drain_timeout;
-        let (runtime, notes) = (self.runtime.clone(), self.notes.clone());
+        let (provisioner, notes) = (self.provisioner.clone(), self.notes.clone());
         tokio::spawn(async move {
             for backend in leaving.iter().filter_map(|r| r.backend.as_ref()) {
                 while backend.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
@@ -555,7 +560,7 @@ impl Supervisor {
             let stops = leaving
                 .iter()
                 .flat_map(|r| r.running.iter().chain(r.stale.iter()))
-                .map(|run| runtime.stop(run, Duration::from_secs(5)));
+                .map(|run| provisioner.stop(run, Duration::from_secs(5)));
             for result in join_all(stops).await {
                 if let Err(e) = result {
                     log::warn!("stopping a removed replica: {e}");
@@ -571,7 +576,7 @@ impl Supervisor {
             .values()
             .flat_map(|r| r.running.iter().chain(r.stale.iter()).cloned())
             .collect();
-        self.runtime.shutdown(&running).await;
+        self.provisioner.shutdown(&running).await;
     }
 
     fn publish(&self) {

@@ -1,4 +1,4 @@
-//! The supervisor's logic over a fake runtime and fake health: no processes, no
+//! The supervisor's logic over a fake provisioner and fake health: no processes, no
 //! sockets, and starts that take exactly as long as a test says.
 
 use std::collections::{HashMap, HashSet};
@@ -13,13 +13,13 @@ use tokio::time::Instant;
 use super::*;
 use crate::health::Health;
 use crate::policy::hash::HashPolicy;
+use crate::provisioner::{EventSender, ProvisionError};
 use crate::ring::{Geometry, Ring};
-use crate::runtime::{EventSender, RuntimeError};
 
-/// A runtime that records what it is asked. A hostname can be held at its start
+/// A provisioner that records what it is asked. A hostname can be held at its start
 /// (until released) or made to fail; every start gets a new handle.
 #[derive(Default)]
-struct FakeRuntime {
+struct FakeProvisioner {
     starts: Mutex<Vec<(String, Instant)>>,
     stops: Mutex<Vec<String>>,
     held: Mutex<HashMap<String, Arc<Notify>>>,
@@ -28,7 +28,7 @@ struct FakeRuntime {
     next: Mutex<u32>,
 }
 
-impl FakeRuntime {
+impl FakeProvisioner {
     fn hold(&self, hostname: &str) -> Arc<Notify> {
         let gate = Arc::new(Notify::new());
         let mut held = self.held.lock().unwrap();
@@ -47,16 +47,16 @@ impl FakeRuntime {
 }
 
 #[async_trait]
-impl Runtime for FakeRuntime {
+impl Provisioner for FakeProvisioner {
     fn name(&self) -> &'static str {
         "fake"
     }
 
-    async fn discover(&self) -> Result<Vec<Running>, RuntimeError> {
+    async fn discover(&self) -> Result<Vec<Running>, ProvisionError> {
         Ok(std::mem::take(&mut *self.adoptable.lock().unwrap()))
     }
 
-    async fn start(&self, spec: &ReplicaSpec) -> Result<Running, RuntimeError> {
+    async fn start(&self, spec: &ReplicaSpec) -> Result<Running, ProvisionError> {
         self.starts
             .lock()
             .unwrap()
@@ -66,7 +66,7 @@ impl Runtime for FakeRuntime {
             gate.notified().await;
         }
         if self.failing.lock().unwrap().contains(&spec.hostname) {
-            return Err(RuntimeError::Start {
+            return Err(ProvisionError::Start {
                 hostname: spec.hostname.clone(),
                 reason: "told to fail".into(),
             });
@@ -84,7 +84,7 @@ impl Runtime for FakeRuntime {
         })
     }
 
-    async fn stop(&self, replica: &Running, _grace: Duration) -> Result<(), RuntimeError> {
+    async fn stop(&self, replica: &Running, _grace: Duration) -> Result<(), ProvisionError> {
         self.stops.lock().unwrap().push(replica.handle.clone());
         Ok(())
     }
@@ -106,7 +106,7 @@ struct Harness {
     events: EventSender,
 }
 
-fn start(runtime: Arc<FakeRuntime>, replicas: usize) -> Harness {
+fn start(provisioner: Arc<FakeProvisioner>, replicas: usize) -> Harness {
     let scheme = crate::scheme::by_name("quadratic").unwrap();
     let ring = Ring::new(
         Geometry {
@@ -118,7 +118,7 @@ fn start(runtime: Arc<FakeRuntime>, replicas: usize) -> Harness {
     let policy = Box::new(HashPolicy::new(ring));
     let snapshot = Arc::new(ArcSwap::from_pointee(Supervisor::empty_snapshot(&*policy)));
     let supervisor = Supervisor::new(
-        runtime.clone(),
+        provisioner.clone(),
         Arc::new(AlwaysUp),
         policy,
         SupervisorConfig {
@@ -170,7 +170,7 @@ impl Harness {
     fn kill(&self, r: &ReplicaStatus) {
         let handle = r.handle.clone().expect("running");
         self.events
-            .send(RuntimeEvent::Died {
+            .send(ProvisionerEvent::Died {
                 handle,
                 reason: "killed".into(),
             })
@@ -191,13 +191,13 @@ fn request(n: usize, hostnames: &[&str]) -> ScaleRequest {
 
 #[tokio::test(start_paused = true)]
 async fn a_death_during_a_slow_add_is_handled_at_once() {
-    let runtime = Arc::new(FakeRuntime::default());
-    let h = start(runtime.clone(), 3);
+    let provisioner = Arc::new(FakeProvisioner::default());
+    let h = start(provisioner.clone(), 3);
     let before = h.healthy("Server2", None).await;
-    let gate = runtime.hold("Slow");
+    let gate = provisioner.hold("Slow");
     let handle = h.handle.clone();
     let add = tokio::spawn(async move { handle.add(request(1, &["Slow"])).await });
-    while runtime.starts_of("Slow").is_empty() {
+    while provisioner.starts_of("Slow").is_empty() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let killed_at = Instant::now();
@@ -215,10 +215,10 @@ async fn a_death_during_a_slow_add_is_handled_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn an_add_whose_replica_cannot_start_adds_none_and_stops_the_rest() {
-    let runtime = Arc::new(FakeRuntime::default());
-    let h = start(runtime.clone(), 1);
+    let provisioner = Arc::new(FakeProvisioner::default());
+    let h = start(provisioner.clone(), 1);
     h.healthy("Server1", None).await;
-    runtime.failing.lock().unwrap().insert("Bad".into());
+    provisioner.failing.lock().unwrap().insert("Bad".into());
     let err = h
         .handle
         .add(request(2, &["Good", "Bad"]))
@@ -228,19 +228,19 @@ async fn an_add_whose_replica_cannot_start_adds_none_and_stops_the_rest() {
     assert!(err.to_string().contains("none were added"), "{err}");
     assert_eq!(h.names(), ["Server1"]);
     // The one that did start was stopped again.
-    assert_eq!(runtime.starts_of("Good").len(), 1);
-    assert_eq!(runtime.stops.lock().unwrap().len(), 1);
+    assert_eq!(provisioner.starts_of("Good").len(), 1);
+    assert_eq!(provisioner.stops.lock().unwrap().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn admin_requests_take_turns_while_deaths_do_not_wait() {
-    let runtime = Arc::new(FakeRuntime::default());
-    let h = start(runtime.clone(), 2);
+    let provisioner = Arc::new(FakeProvisioner::default());
+    let h = start(provisioner.clone(), 2);
     h.healthy("Server2", None).await;
-    let gate = runtime.hold("A");
+    let gate = provisioner.hold("A");
     let (first, second) = (h.handle.clone(), h.handle.clone());
     let add = tokio::spawn(async move { first.add(request(1, &["A"])).await });
-    while runtime.starts_of("A").is_empty() {
+    while provisioner.starts_of("A").is_empty() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // Queued behind the add: it must not remove "A" before A exists, nor fail.
@@ -255,15 +255,15 @@ async fn admin_requests_take_turns_while_deaths_do_not_wait() {
 
 #[tokio::test(start_paused = true)]
 async fn a_replica_that_keeps_failing_to_start_is_retried_with_growing_pauses() {
-    let runtime = Arc::new(FakeRuntime::default());
-    let h = start(runtime.clone(), 1);
+    let provisioner = Arc::new(FakeProvisioner::default());
+    let h = start(provisioner.clone(), 1);
     let first = h.healthy("Server1", None).await;
-    runtime.failing.lock().unwrap().insert("Server1".into());
+    provisioner.failing.lock().unwrap().insert("Server1".into());
     h.kill(&first);
-    while runtime.starts_of("Server1").len() < 5 {
+    while provisioner.starts_of("Server1").len() < 5 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let starts = runtime.starts_of("Server1");
+    let starts = provisioner.starts_of("Server1");
     let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
     // After the boot start: an immediate respawn, then 250 ms, 500 ms, 1 s.
     let near =
@@ -273,43 +273,43 @@ async fn a_replica_that_keeps_failing_to_start_is_retried_with_growing_pauses() 
     assert!(near(gaps[2], backoff(2)), "{gaps:?}");
     assert!(near(gaps[3], backoff(3)), "{gaps:?}");
     assert_eq!(h.status("Server1").unwrap().state, ReplicaState::Down);
-    runtime.failing.lock().unwrap().clear();
+    provisioner.failing.lock().unwrap().clear();
     h.healthy("Server1", None).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn running_replicas_are_adopted_at_boot_and_only_the_rest_are_started() {
-    let runtime = Arc::new(FakeRuntime::default());
-    runtime.adoptable.lock().unwrap().push(Running {
+    let provisioner = Arc::new(FakeProvisioner::default());
+    provisioner.adoptable.lock().unwrap().push(Running {
         hostname: "Server2".into(),
         id: 2,
         address: "fake:old".into(),
         handle: "adopted".into(),
     });
-    let h = start(runtime.clone(), 3);
+    let h = start(provisioner.clone(), 3);
     let adopted = h.healthy("Server2", None).await;
     assert_eq!(adopted.handle.as_deref(), Some("adopted"));
     h.healthy("Server1", None).await;
     h.healthy("Server3", None).await;
-    assert!(runtime.starts_of("Server2").is_empty());
-    assert_eq!(runtime.starts_of("Server1").len(), 1);
+    assert!(provisioner.starts_of("Server2").is_empty());
+    assert_eq!(provisioner.starts_of("Server1").len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_start_report_from_before_a_newer_death_is_ignored() {
-    let runtime = Arc::new(FakeRuntime::default());
-    let h = start(runtime.clone(), 1);
+    let provisioner = Arc::new(FakeProvisioner::default());
+    let h = start(provisioner.clone(), 1);
     let first = h.healthy("Server1", None).await;
     // The replacement is held at its start; the old incarnation then "dies" again
     // (a late event about the same handle) and nothing may double-start it.
-    let gate = runtime.hold("Server1");
+    let gate = provisioner.hold("Server1");
     h.kill(&first);
-    while runtime.starts_of("Server1").len() < 2 {
+    while provisioner.starts_of("Server1").len() < 2 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     h.kill(&first);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(runtime.starts_of("Server1").len(), 2);
+    assert_eq!(provisioner.starts_of("Server1").len(), 2);
     gate.notify_one();
     let second = h.healthy("Server1", first.handle.as_deref()).await;
     assert_eq!(second.restarts, 1);
@@ -317,21 +317,21 @@ async fn a_start_report_from_before_a_newer_death_is_ignored() {
 
 #[tokio::test(start_paused = true)]
 async fn a_replica_removed_while_it_starts_is_stopped_when_its_start_reports() {
-    let runtime = Arc::new(FakeRuntime::default());
-    let h = start(runtime.clone(), 2);
+    let provisioner = Arc::new(FakeProvisioner::default());
+    let h = start(provisioner.clone(), 2);
     let first = h.healthy("Server2", None).await;
     h.healthy("Server1", None).await;
-    let gate = runtime.hold("Server2");
+    let gate = provisioner.hold("Server2");
     h.kill(&first);
-    while runtime.starts_of("Server2").len() < 2 {
+    while provisioner.starts_of("Server2").len() < 2 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     h.handle.remove(request(1, &["Server2"])).await.unwrap();
     assert_eq!(h.names(), ["Server1"]);
-    let stops_before = runtime.stops.lock().unwrap().len();
+    let stops_before = provisioner.stops.lock().unwrap().len();
     gate.notify_one();
     // Its late start belongs to nobody: it is stopped, not put in the ring.
-    while runtime.stops.lock().unwrap().len() == stops_before {
+    while provisioner.stops.lock().unwrap().len() == stops_before {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     assert_eq!(h.names(), ["Server1"]);

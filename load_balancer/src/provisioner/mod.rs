@@ -1,8 +1,9 @@
 //! Who runs the replicas: a child process, a Docker container, or nobody (fixed backends).
 //!
-//! The supervisor sees only [`Runtime`]: start a replica, stop it, list what already
+//! The supervisor sees only [`Provisioner`]: start a replica, stop it, list what already
 //! runs, and hear about deaths on the channel given at construction. Everything else
-//! (health, the ring, respawning) is the same whichever runtime is in use.
+//! (health, the ring, respawning) is the same whichever one is in use; `--runtime`
+//! picks it.
 
 pub mod docker;
 pub mod process;
@@ -36,17 +37,17 @@ pub struct Running {
 
 /// Something the runtime noticed without being asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RuntimeEvent {
+pub enum ProvisionerEvent {
     /// The replica's process or container is gone.
     Died { handle: String, reason: String },
 }
 
 /// The sending half runtimes report events on.
-pub type EventSender = mpsc::UnboundedSender<RuntimeEvent>;
+pub type EventSender = mpsc::UnboundedSender<ProvisionerEvent>;
 
 /// Why a runtime could not do what it was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RuntimeError {
+pub enum ProvisionError {
     /// This runtime cannot start replicas at all (`static`).
     #[error("the {0} runtime cannot start replicas")]
     Unsupported(&'static str),
@@ -60,7 +61,7 @@ pub enum RuntimeError {
 
 /// Starts, stops and lists replicas.
 #[async_trait]
-pub trait Runtime: Send + Sync {
+pub trait Provisioner: Send + Sync {
     /// The name used on the command line and in `/status`.
     fn name(&self) -> &'static str;
 
@@ -71,14 +72,14 @@ pub trait Runtime: Send + Sync {
 
     /// Replicas that already run and belong to this balancer, to adopt at boot
     /// rather than start again. Dead leftovers are cleaned up here.
-    async fn discover(&self) -> Result<Vec<Running>, RuntimeError>;
+    async fn discover(&self) -> Result<Vec<Running>, ProvisionError>;
 
     /// Starts a replica and returns once it is launched (not necessarily serving).
-    async fn start(&self, spec: &ReplicaSpec) -> Result<Running, RuntimeError>;
+    async fn start(&self, spec: &ReplicaSpec) -> Result<Running, ProvisionError>;
 
     /// Stops a replica and releases what it held, giving it `grace` to finish what it
     /// is doing before it is killed. Stopping one already gone is fine.
-    async fn stop(&self, replica: &Running, grace: Duration) -> Result<(), RuntimeError>;
+    async fn stop(&self, replica: &Running, grace: Duration) -> Result<(), ProvisionError>;
 
     /// Called once when the balancer shuts down, with the replicas still running.
     /// Runtimes whose replicas cannot outlive the balancer stop them here.

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{ReplicaSpec, Running, Runtime, RuntimeError};
+use super::{ProvisionError, Provisioner, ReplicaSpec, Running};
 
 /// Balances existing servers given with `--backend [NAME=]ADDR`.
-pub struct StaticRuntime {
+pub struct StaticProvisioner {
     backends: Vec<Running>,
 }
 
-impl StaticRuntime {
+impl StaticProvisioner {
     /// Backends are named `Server1`… in order unless given as `NAME=ADDR`.
     pub fn new(specs: &[String]) -> Self {
         let backends = specs
@@ -33,12 +33,12 @@ impl StaticRuntime {
                 }
             })
             .collect();
-        StaticRuntime { backends }
+        StaticProvisioner { backends }
     }
 }
 
 #[async_trait]
-impl Runtime for StaticRuntime {
+impl Provisioner for StaticProvisioner {
     fn name(&self) -> &'static str {
         "static"
     }
@@ -47,20 +47,20 @@ impl Runtime for StaticRuntime {
         false
     }
 
-    async fn discover(&self) -> Result<Vec<Running>, RuntimeError> {
+    async fn discover(&self) -> Result<Vec<Running>, ProvisionError> {
         Ok(self.backends.clone())
     }
 
-    async fn start(&self, spec: &ReplicaSpec) -> Result<Running, RuntimeError> {
+    async fn start(&self, spec: &ReplicaSpec) -> Result<Running, ProvisionError> {
         // A known backend "starts" by being itself again: it is waited on by heartbeat.
         self.backends
             .iter()
             .find(|b| b.hostname == spec.hostname)
             .cloned()
-            .ok_or(RuntimeError::Unsupported("static"))
+            .ok_or(ProvisionError::Unsupported("static"))
     }
 
-    async fn stop(&self, _replica: &Running, _grace: Duration) -> Result<(), RuntimeError> {
+    async fn stop(&self, _replica: &Running, _grace: Duration) -> Result<(), ProvisionError> {
         Ok(())
     }
 }
@@ -71,7 +71,7 @@ mod tests {
 
     #[test]
     fn backends_are_named_in_order_unless_named_explicitly() {
-        let rt = StaticRuntime::new(&["127.0.0.1:1".into(), "web=127.0.0.1:2".into()]);
+        let rt = StaticProvisioner::new(&["127.0.0.1:1".into(), "web=127.0.0.1:2".into()]);
         let names: Vec<_> = rt
             .backends
             .iter()

@@ -28,7 +28,7 @@ mod events;
 use engine::{ensure_network, join_network, message, own_container, status};
 use events::{unix_now, watch_events};
 
-use super::{EventSender, ReplicaSpec, Running, Runtime, RuntimeError};
+use super::{EventSender, ProvisionError, Provisioner, ReplicaSpec, Running};
 use crate::config::DockerAddressing;
 
 /// The label naming the balancer instance that owns a container.
@@ -80,29 +80,29 @@ enum Reach {
 }
 
 /// Runs replicas as containers on a local (or `DOCKER_HOST`) engine.
-pub struct DockerRuntime {
+pub struct DockerProvisioner {
     docker: Docker,
     settings: DockerSettings,
     reach: Reach,
     watcher: tokio::task::JoinHandle<()>,
 }
 
-impl DockerRuntime {
+impl DockerProvisioner {
     /// Connects to the engine, creates the network if missing, and starts reporting
     /// deaths of the instance's containers on `events`.
     pub async fn connect(
         settings: DockerSettings,
         events: EventSender,
-    ) -> Result<Self, RuntimeError> {
+    ) -> Result<Self, ProvisionError> {
         if !valid_name(&settings.instance) {
-            return Err(RuntimeError::Other(format!(
+            return Err(ProvisionError::Other(format!(
                 "--instance '{}' must match [a-zA-Z0-9][a-zA-Z0-9_.-]*: it prefixes container names",
                 settings.instance
             )));
         }
         let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".into());
         let unreachable = |e: DockerError| {
-            RuntimeError::Other(format!("cannot reach the Docker engine at {host}: {e}"))
+            ProvisionError::Other(format!("cannot reach the Docker engine at {host}: {e}"))
         };
         // The engine may speak an older API than bollard's default; negotiating
         // avoids "client version too new" on every call.
@@ -148,7 +148,7 @@ impl DockerRuntime {
             events,
             since,
         ));
-        Ok(DockerRuntime {
+        Ok(DockerProvisioner {
             docker,
             settings,
             reach,
@@ -329,19 +329,19 @@ impl DockerRuntime {
     }
 }
 
-impl Drop for DockerRuntime {
+impl Drop for DockerProvisioner {
     fn drop(&mut self) {
         self.watcher.abort();
     }
 }
 
 #[async_trait]
-impl Runtime for DockerRuntime {
+impl Provisioner for DockerProvisioner {
     fn name(&self) -> &'static str {
         "docker"
     }
 
-    async fn discover(&self) -> Result<Vec<Running>, RuntimeError> {
+    async fn discover(&self) -> Result<Vec<Running>, ProvisionError> {
         let opts = ListContainersOptions {
             all: true,
             filters: Some(self.instance_filter()),
@@ -351,7 +351,7 @@ impl Runtime for DockerRuntime {
             .docker
             .list_containers(Some(opts))
             .await
-            .map_err(|e| RuntimeError::Other(format!("listing containers: {e}")))?;
+            .map_err(|e| ProvisionError::Other(format!("listing containers: {e}")))?;
         let mut found = Vec::new();
         for summary in listed {
             let Some(id) = summary.id.clone() else {
@@ -390,8 +390,8 @@ impl Runtime for DockerRuntime {
         Ok(found)
     }
 
-    async fn start(&self, spec: &ReplicaSpec) -> Result<Running, RuntimeError> {
-        let fail = |reason: String| RuntimeError::Start {
+    async fn start(&self, spec: &ReplicaSpec) -> Result<Running, ProvisionError> {
+        let fail = |reason: String| ProvisionError::Start {
             hostname: spec.hostname.clone(),
             reason,
         };
@@ -433,15 +433,15 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    async fn stop(&self, replica: &Running, grace: Duration) -> Result<(), RuntimeError> {
+    async fn stop(&self, replica: &Running, grace: Duration) -> Result<(), ProvisionError> {
         let other = |e: DockerError| {
-            RuntimeError::Other(format!("stopping {}: {}", replica.hostname, message(&e)))
+            ProvisionError::Other(format!("stopping {}: {}", replica.hostname, message(&e)))
         };
         let Some(c) = self.inspect(&replica.handle).await.map_err(other)? else {
             return Ok(());
         };
         if !self.owned(c.config.as_ref().and_then(|c| c.labels.as_ref())) {
-            return Err(RuntimeError::Other(format!(
+            return Err(ProvisionError::Other(format!(
                 "refusing to stop container {}: it lacks {LABEL_MANAGED_BY}={}",
                 replica.handle, self.settings.instance
             )));

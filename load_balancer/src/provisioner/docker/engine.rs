@@ -8,7 +8,7 @@ use bollard::models::{ContainerInspectResponse, NetworkConnectRequest, NetworkCr
 use bollard::query_parameters::{InspectContainerOptions, InspectNetworkOptions};
 use bollard::Docker;
 
-use crate::runtime::RuntimeError;
+use crate::provisioner::ProvisionError;
 
 pub(super) fn in_container() -> bool {
     Path::new("/.dockerenv").exists() || Path::new("/run/.containerenv").exists()
@@ -51,7 +51,7 @@ pub(super) fn message(e: &DockerError) -> String {
 }
 
 /// Creates the replicas' network unless it exists.
-pub(super) async fn ensure_network(docker: &Docker, network: &str) -> Result<(), RuntimeError> {
+pub(super) async fn ensure_network(docker: &Docker, network: &str) -> Result<(), ProvisionError> {
     match docker
         .inspect_network(network, None::<InspectNetworkOptions>)
         .await
@@ -59,7 +59,7 @@ pub(super) async fn ensure_network(docker: &Docker, network: &str) -> Result<(),
         Ok(_) => return Ok(()),
         Err(e) if status(&e) == Some(404) => {}
         Err(e) => {
-            return Err(RuntimeError::Other(format!(
+            return Err(ProvisionError::Other(format!(
                 "inspecting network {network}: {}",
                 message(&e)
             )))
@@ -77,7 +77,7 @@ pub(super) async fn ensure_network(docker: &Docker, network: &str) -> Result<(),
         }
         // Another balancer created it in the meantime.
         Err(e) if status(&e) == Some(409) => Ok(()),
-        Err(e) => Err(RuntimeError::Other(format!(
+        Err(e) => Err(ProvisionError::Other(format!(
             "creating network {network}: {}",
             message(&e)
         ))),

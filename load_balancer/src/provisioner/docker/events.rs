@@ -9,7 +9,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 
 use super::LABEL_MANAGED_BY;
-use crate::runtime::{EventSender, RuntimeEvent};
+use crate::provisioner::{EventSender, ProvisionerEvent};
 
 const MAX_EVENT_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -80,7 +80,7 @@ pub(super) async fn watch_events(
 }
 
 /// The death an engine event reports, if it reports one.
-fn death(msg: &EventMessage) -> Option<RuntimeEvent> {
+fn death(msg: &EventMessage) -> Option<ProvisionerEvent> {
     let actor = msg.actor.as_ref()?;
     let handle = actor.id.clone()?;
     let attrs = actor.attributes.clone().unwrap_or_default();
@@ -103,7 +103,7 @@ fn death(msg: &EventMessage) -> Option<RuntimeEvent> {
         }
         _ => return None,
     };
-    Some(RuntimeEvent::Died { handle, reason })
+    Some(ProvisionerEvent::Died { handle, reason })
 }
 
 #[cfg(test)]
@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn die_oom_destroy_and_sigkill_are_deaths_other_signals_are_not() {
-        let died = |m: &EventMessage| death(m).map(|RuntimeEvent::Died { handle, .. }| handle);
+        let died = |m: &EventMessage| death(m).map(|ProvisionerEvent::Died { handle, .. }| handle);
         assert_eq!(
             died(&event("die", &[("exitCode", "137")])),
             Some("abc".into())

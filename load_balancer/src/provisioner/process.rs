@@ -13,23 +13,23 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-use super::{EventSender, ReplicaSpec, Running, Runtime, RuntimeError, RuntimeEvent};
+use super::{EventSender, ProvisionError, Provisioner, ProvisionerEvent, ReplicaSpec, Running};
 
 /// How long a child may take to say where it listens.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs replicas as child processes of the balancer.
-pub struct ProcessRuntime {
+pub struct ProcessProvisioner {
     server_bin: PathBuf,
     events: EventSender,
     /// pid -> becomes true when the child has exited.
     exits: Arc<Mutex<HashMap<u32, watch::Receiver<bool>>>>,
 }
 
-impl ProcessRuntime {
+impl ProcessProvisioner {
     /// A runtime that starts `server_bin` and reports deaths on `events`.
     pub fn new(server_bin: PathBuf, events: EventSender) -> Self {
-        ProcessRuntime {
+        ProcessProvisioner {
             server_bin,
             events,
             exits: Arc::new(Mutex::new(HashMap::new())),
@@ -61,18 +61,18 @@ impl ProcessRuntime {
 }
 
 #[async_trait]
-impl Runtime for ProcessRuntime {
+impl Provisioner for ProcessProvisioner {
     fn name(&self) -> &'static str {
         "process"
     }
 
-    async fn discover(&self) -> Result<Vec<Running>, RuntimeError> {
+    async fn discover(&self) -> Result<Vec<Running>, ProvisionError> {
         // Children die with the balancer, so there is never anything to adopt.
         Ok(Vec::new())
     }
 
-    async fn start(&self, spec: &ReplicaSpec) -> Result<Running, RuntimeError> {
-        let fail = |reason: String| RuntimeError::Start {
+    async fn start(&self, spec: &ReplicaSpec) -> Result<Running, ProvisionError> {
+        let fail = |reason: String| ProvisionError::Start {
             hostname: spec.hostname.clone(),
             reason,
         };
@@ -122,7 +122,7 @@ impl Runtime for ProcessRuntime {
                 // A poisoned lock must not keep the death from being reported.
                 lock(&exits).remove(&pid);
                 let _ = exited_tx.send(true);
-                let _ = events.send(RuntimeEvent::Died { handle, reason });
+                let _ = events.send(ProvisionerEvent::Died { handle, reason });
             }
         });
         Ok(Running {
@@ -133,9 +133,9 @@ impl Runtime for ProcessRuntime {
         })
     }
 
-    async fn stop(&self, replica: &Running, grace: Duration) -> Result<(), RuntimeError> {
+    async fn stop(&self, replica: &Running, grace: Duration) -> Result<(), ProvisionError> {
         let Ok(pid) = replica.handle.parse::<u32>() else {
-            return Err(RuntimeError::Other(format!(
+            return Err(ProvisionError::Other(format!(
                 "not a pid: {}",
                 replica.handle
             )));
