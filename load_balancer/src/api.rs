@@ -12,13 +12,13 @@ use subtle::ConstantTimeEq;
 use crate::admin::{self, Op, MAX_BODY};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::registry::managed::ManagedHandle;
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::supervisor::SupervisorHandle;
 
 /// What every handler shares.
 pub struct AppState {
     pub snapshot: SharedSnapshot,
-    pub supervisor: SupervisorHandle,
+    pub managed: ManagedHandle,
     pub metrics: std::sync::Arc<Metrics>,
     /// When set, `/add` and `/rm` need `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
@@ -152,8 +152,8 @@ async fn scale(
     let body = read_body(req, payload).await?;
     let request = admin::parse(&body, op)?;
     match op {
-        Op::Add => state.supervisor.add(request).await?,
-        Op::Remove => state.supervisor.remove(request).await?,
+        Op::Add => state.managed.add(request).await?,
+        Op::Remove => state.managed.remove(request).await?,
     }
     Ok(rep_body(&state.snapshot.load()))
 }

@@ -19,10 +19,11 @@ use crate::provisioner::docker::{DockerProvisioner, DockerSettings, ReplicaLimit
 use crate::provisioner::process::ProcessProvisioner;
 use crate::provisioner::static_set::StaticProvisioner;
 use crate::provisioner::{EventSender, Provisioner};
+use crate::registry::managed::{Managed, ManagedConfig};
+use crate::registry::Registry;
 use crate::ring::{Geometry, Ring};
 use crate::scheme;
 use crate::scheme::bounded::Bound;
-use crate::supervisor::{Supervisor, SupervisorConfig};
 
 /// Why the balancer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -116,24 +117,24 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         log::warn!("{replicas} replicas asked for, but only {capacity} fit; starting {capacity}");
     }
 
-    let snapshot = Arc::new(ArcSwap::from_pointee(Supervisor::empty_snapshot(&*policy)));
+    let snapshot = Arc::new(ArcSwap::from_pointee(Registry::empty_snapshot(&*policy)));
     let health: Arc<dyn Health> = Arc::new(Prober::new(config.heartbeat_timeout));
     let metrics = Arc::new(Metrics::new());
-    let supervisor = Supervisor::new(
+    let managed = Managed::new(
         provisioner.clone(),
         health.clone(),
-        policy,
-        SupervisorConfig {
+        ManagedConfig {
             replicas,
             capacity,
             start_timeout: config.start_timeout,
             drain_timeout: config.drain_timeout,
         },
-        snapshot.clone(),
         metrics.clone(),
     );
     let (unhealthy_tx, unhealthy_rx) = mpsc::unbounded_channel();
-    let (handle, supervisor_task) = supervisor.spawn(events_rx, unhealthy_rx);
+    let (handle, source, managed_task) = managed.spawn(events_rx, unhealthy_rx);
+    let registry = Registry::new(policy, snapshot.clone(), metrics.clone());
+    let registry_task = tokio::spawn(registry.run(vec![Box::new(source)]));
     let heartbeat = tokio::spawn(health::heartbeat_loop(
         snapshot.clone(),
         health,
@@ -157,7 +158,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let relay_secret = api::relay_secret();
     let state = web::Data::new(AppState {
         snapshot: snapshot.clone(),
-        supervisor: handle.clone(),
+        managed: handle.clone(),
         metrics: metrics.clone(),
         admin_token: config.admin_token.clone(),
         runtime: provisioner.name(),
@@ -233,7 +234,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let _ = api_task.await;
     heartbeat.abort();
     handle.shutdown().await;
-    let _ = supervisor_task.await;
+    let _ = managed_task.await;
+    // Its source has ended with the managed task.
+    let _ = registry_task.await;
     Ok(())
 }
 

@@ -27,7 +27,7 @@ pub struct HeartbeatConfig {
 }
 
 /// How the balancer learns whether a replica answers: an HTTP heartbeat today, gRPC
-/// health or reported load later. A trait, so the supervisor's logic is tested with a
+/// health or reported load later. A trait, so the managed source is tested with a
 /// fake.
 #[async_trait]
 pub trait Health: Send + Sync {

@@ -5,8 +5,8 @@
 //! and [`scheme`] (placement and lookup), [`policy`] (how a request's replica is
 //! chosen), [`hashkey`] (where a request's key comes from), [`admin`] (validation and
 //! planning of `/add` and `/rm`), [`error`] (every client-visible error as HTTP).
-//! The edges around it: [`provisioner`] (who runs replicas), [`supervisor`] (owns the
-//! replica set and keeps it alive), [`health`] (heartbeats), [`snapshot`] (what
+//! The edges around it: [`registry`] (owns the backend set; its managed source keeps
+//! replicas alive), [`provisioner`] (who runs them), [`health`] (heartbeats), [`snapshot`] (what
 //! requests read), [`dataplane`] (the listener clients talk to), [`api`] (the admin
 //! API), [`metrics`] (Prometheus), [`app`] (wiring them from a [`config::Config`]).
 //! `docs/architecture.md` draws it.
@@ -23,8 +23,8 @@ pub mod health;
 pub mod metrics;
 pub mod policy;
 pub mod provisioner;
+pub mod registry;
 pub mod ring;
 pub mod scheme;
 pub mod snapshot;
-pub mod supervisor;
 pub mod table;

@@ -157,7 +157,7 @@ mod tests {
             crate::ring::Geometry::DEFAULT,
             std::sync::Arc::new(crate::scheme::Quadratic),
         ));
-        let text = m.render(&crate::supervisor::Supervisor::empty_snapshot(&policy));
+        let text = m.render(&crate::registry::Registry::empty_snapshot(&policy));
         assert!(
             text.contains(r#"lb_requests_total{class="2xx",replica="Server1"} 2"#),
             "{text}"

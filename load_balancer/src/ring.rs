@@ -82,7 +82,7 @@ impl Ring {
     }
 
     /// The same ring, whose tables apply bounded loads (`Some`) or not. Kept on the
-    /// ring so that the supervisor, which only calls [`Ring::table`], need not know.
+    /// ring so that the registry, which only calls [`Ring::table`], need not know.
     pub fn with_bound(mut self, bound: Option<Bound>) -> Self {
         self.bound = bound;
         self

@@ -1,5 +1,5 @@
 //! What request handlers read: an immutable picture of the replicas and the routing
-//! table, published by the supervisor and swapped atomically.
+//! picker, published by the registry and swapped atomically.
 //!
 //! A request loads one snapshot and uses it to the end, so a concurrent `/add` or a
 //! respawn never shows it a half-changed ring, and no lock sits on the request path.

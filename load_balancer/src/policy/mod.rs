@@ -1,6 +1,6 @@
 //! Balancing policies: how a request's replica is chosen.
 //!
-//! A [`Policy`] lives with the supervisor, which owns the replica set: it hears every
+//! A [`Policy`] lives in the registry, which owns the backend set: it hears every
 //! member join and leave (a hash policy keeps its ring that way), and after each
 //! change it builds a [`Picker`] over the replicas that may take traffic, which goes
 //! into the published snapshot. The data plane asks the picker for one request's

@@ -1,6 +1,6 @@
 //! Who runs the replicas: a child process, a Docker container, or nobody (fixed backends).
 //!
-//! The supervisor sees only [`Provisioner`]: start a replica, stop it, list what already
+//! The managed source sees only [`Provisioner`]: start a replica, stop it, list what already
 //! runs, and hear about deaths on the channel given at construction. Everything else
 //! (health, the ring, respawning) is the same whichever one is in use; `--runtime`
 //! picks it.
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::ServerId;
 
-/// What the supervisor asks a runtime to start.
+/// What the managed source asks a provisioner to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaSpec {
     pub hostname: String,

@@ -125,19 +125,27 @@ mod tests {
             prop_assert!(shares(&table, &ids).iter().all(|s| *s > 0));
             prop_assert!(table.iter().all(|e| ids.contains(e)));
         }
+    }
+
+    proptest! {
+        // Each case builds two full-size tables.
+        #![proptest_config(ProptestConfig::with_cases(64))]
 
         #[test]
         fn adding_a_server_moves_little_more_than_its_fair_share(
             ids in proptest::collection::btree_set(1u32..300, 2..20),
             extra in 300u32..400,
         ) {
+            // At the size the balancer uses: with a table only ~200 times the number
+            // of servers (4099 for 20), Maglev's extra disruption passed double the
+            // ideal for some sets (found: 14 servers, 613 entries moved vs 273).
             let ids: Vec<_> = ids.into_iter().collect();
-            let before = populate(&ids, 4099);
+            let before = populate(&ids, TABLE_SIZE);
             let mut more = ids.clone();
             more.push(extra);
-            let after = populate(&more, 4099);
+            let after = populate(&more, TABLE_SIZE);
             let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
-            let ideal = 4099.0 / more.len() as f64;
+            let ideal = TABLE_SIZE as f64 / more.len() as f64;
             // The paper reports a few percent of extra disruption; allow double.
             prop_assert!((moved as f64) < 2.0 * ideal, "moved {} vs ideal {}", moved, ideal);
         }

@@ -4,7 +4,7 @@
 //! and request ids land on the `M`-slot ring; the ring does the rest. Table schemes
 //! ([`Maglev`], [`Rendezvous`]) are not slots on a ring: they say so through
 //! [`HashScheme::selector`], and [`crate::ring::Ring::table`] builds their own lookup
-//! structure instead. Either way the supervisor only ever sees a `Ring`.
+//! structure instead. Either way the hash policy only ever sees a `Ring`.
 //! [`bounded`] caps any scheme's per-replica load (Mirrokni et al.).
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The engine's event stream, turned into replica deaths for the supervisor.
+//! The engine's event stream, turned into replica deaths for the managed source.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -72,7 +72,7 @@ pub(super) async fn watch_events(
             None => log::warn!("docker event stream ended; reconnecting in {backoff:?}"),
         }
         // Events are stamped in whole seconds: replay the last ones; a duplicate
-        // death report is ignored by the supervisor.
+        // death report is ignored by the managed source.
         since = unix_now() - 2;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_EVENT_BACKOFF);

@@ -263,7 +263,7 @@ impl DockerProvisioner {
                 readonly_rootfs: Some(true),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
-                // The supervisor replaces dead replicas itself; an engine restart
+                // The managed source replaces dead replicas itself; an engine restart
                 // would fight it and reuse a container id it already gave up on.
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::NO),

@@ -1,5 +1,5 @@
 //! Starting one replica until it answers, and the pause before trying again. Runs in
-//! tasks of its own: the supervisor never waits for it.
+//! tasks of its own: the managed source never waits for it.
 
 use std::time::Duration;
 

@@ -1,12 +1,15 @@
-//! Keeps the replica set: serves `/add` and `/rm`, replaces dead replicas, and
-//! publishes a new [`Snapshot`] after every change.
+//! The managed source: replicas a provisioner runs, kept alive. Serves `/add` and
+//! `/rm`, replaces dead replicas, and tells the registry every change.
 //!
-//! One task owns all replica state and handles one message at a time, so each admin
-//! request is applied whole or not at all, without a lock. It never waits: slow work
-//! (launching replicas for `/add` or a replacement, waiting for them to answer,
-//! draining and stopping for `/rm`, backoff sleeps) runs in spawned tasks that report
-//! back by message. Admin requests still take turns (one in flight, the rest queued),
-//! but a death is handled the moment it is heard of, whatever `/add` is doing.
+//! One task owns the replicas' lifecycle and handles one message at a time, so each
+//! admin request is applied whole or not at all, without a lock. It never waits:
+//! slow work (launching replicas for `/add` or a replacement, waiting for them to
+//! answer, draining and stopping for `/rm`, backoff sleeps) runs in spawned tasks that
+//! report back by message. Admin requests still take turns (one in flight, the rest
+//! queued), but a death is handled the moment it is heard of, whatever `/add` is doing.
+//!
+//! Over the `static` provisioner, which cannot start anything, the same logic balances
+//! fixed backends: "relaunching" one is waiting for it to answer again.
 
 mod launch;
 #[cfg(test)]
@@ -18,28 +21,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use futures_util::stream::{BoxStream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 pub use launch::{backoff, LaunchError};
 
+use super::{Batch, Change, Member as RegistryMember, Source};
 use crate::admin::{self, Member, ScaleRequest};
 use crate::backend::ServerId;
 use crate::error::ApiError;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::policy::Policy;
 use crate::provisioner::{Provisioner, ProvisionerEvent, ReplicaSpec, Running};
-use crate::snapshot::{Backend, ReplicaState, ReplicaStatus, SharedSnapshot, Snapshot};
+use crate::snapshot::{Backend, ReplicaState};
 
 /// A replica that stayed healthy this long has its crash streak forgiven.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
-/// Supervisor settings.
+/// Managed settings.
 #[derive(Debug, Clone)]
-pub struct SupervisorConfig {
+pub struct ManagedConfig {
     /// Replicas to have at boot.
     pub replicas: usize,
-    /// The most replicas ever held (never above the ring's capacity).
+    /// The most replicas ever held (never above what the policy can place).
     pub capacity: usize,
     /// How long a new replica may take to answer `/heartbeat`.
     pub start_timeout: Duration,
@@ -55,7 +59,7 @@ enum Command {
 
 type Reply = oneshot::Sender<Result<(), ApiError>>;
 
-/// Reports from the supervisor's own spawned tasks.
+/// Reports from the managed source's own spawned tasks.
 enum Note {
     Launched {
         id: ServerId,
@@ -79,13 +83,13 @@ enum Note {
     },
 }
 
-/// How the API talks to the supervisor.
+/// How the admin API talks to the managed source.
 #[derive(Clone)]
-pub struct SupervisorHandle {
+pub struct ManagedHandle {
     commands: mpsc::Sender<Command>,
 }
 
-impl SupervisorHandle {
+impl ManagedHandle {
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
@@ -106,7 +110,7 @@ impl SupervisorHandle {
         self.ask(|tx| Command::Remove(req, tx)).await?
     }
 
-    /// Stops the supervisor; the provisioner decides what happens to the replicas.
+    /// Stops the managed source; the provisioner decides what happens to the replicas.
     pub async fn shutdown(&self) {
         let _ = self.ask(Command::Shutdown).await;
     }
@@ -163,16 +167,18 @@ impl Replica {
     }
 }
 
-/// The task that owns the replica set. Create with [`Supervisor::new`], then
-/// [`Supervisor::spawn`] it.
-pub struct Supervisor {
+/// The task that owns the managed replicas. Create with [`Managed::new`], then
+/// [`Managed::spawn`] it and give its [`ManagedSource`] to the registry.
+pub struct Managed {
     provisioner: Arc<dyn Provisioner>,
     health: Arc<dyn Health>,
-    config: SupervisorConfig,
-    /// Places replicas as they join and leave, and builds each snapshot's picker.
-    policy: Box<dyn Policy>,
+    config: ManagedConfig,
     replicas: BTreeMap<ServerId, Replica>,
-    snapshot: SharedSnapshot,
+    /// Where the registry hears of every change.
+    changes: mpsc::UnboundedSender<Batch>,
+    changes_rx: Option<mpsc::UnboundedReceiver<Batch>>,
+    /// Replicas gone since the last report.
+    removed: Vec<ServerId>,
     metrics: Arc<Metrics>,
     notes: mpsc::UnboundedSender<Note>,
     notes_rx: Option<mpsc::UnboundedReceiver<Note>>,
@@ -182,25 +188,25 @@ pub struct Supervisor {
     queued: VecDeque<Command>,
 }
 
-impl Supervisor {
-    /// A supervisor over `provisioner`, publishing into `snapshot`.
+impl Managed {
+    /// Replicas run by `provisioner`, at most `config.capacity` of them (which the
+    /// caller bounds by what the policy can place).
     pub fn new(
         provisioner: Arc<dyn Provisioner>,
         health: Arc<dyn Health>,
-        policy: Box<dyn Policy>,
-        mut config: SupervisorConfig,
-        snapshot: SharedSnapshot,
+        config: ManagedConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
-        config.capacity = config.capacity.min(policy.capacity());
         let (notes, notes_rx) = mpsc::unbounded_channel();
-        Supervisor {
+        let (changes, changes_rx) = mpsc::unbounded_channel();
+        Managed {
             provisioner,
             health,
             config,
-            policy,
             replicas: BTreeMap::new(),
-            snapshot,
+            changes,
+            changes_rx: Some(changes_rx),
+            removed: Vec::new(),
             metrics,
             notes,
             notes_rx: Some(notes_rx),
@@ -209,25 +215,21 @@ impl Supervisor {
         }
     }
 
-    /// An empty snapshot to start a [`SharedSnapshot`] with.
-    pub fn empty_snapshot(policy: &dyn Policy) -> Snapshot {
-        Snapshot {
-            picker: policy.picker(Vec::new()),
-            replicas: Vec::new(),
-        }
-    }
-
-    /// Runs the supervisor until shutdown. `events` carries the provisioner's death
-    /// reports, `unhealthy` the handles the heartbeat loop gave up on.
+    /// Runs it until shutdown. `events` carries the provisioner's death reports,
+    /// `unhealthy` the handles the heartbeat loop gave up on. Returns the handle the
+    /// admin API asks through, the source the registry listens to, and the task.
     pub fn spawn(
         mut self,
         events: mpsc::UnboundedReceiver<ProvisionerEvent>,
         unhealthy: mpsc::UnboundedReceiver<String>,
-    ) -> (SupervisorHandle, tokio::task::JoinHandle<()>) {
+    ) -> (ManagedHandle, ManagedSource, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(64);
         let notes = self.notes_rx.take().expect("spawned once");
+        let source = ManagedSource {
+            changes: self.changes_rx.take().expect("spawned once"),
+        };
         let task = tokio::spawn(async move { self.run(rx, events, unhealthy, notes).await });
-        (SupervisorHandle { commands: tx }, task)
+        (ManagedHandle { commands: tx }, source, task)
     }
 
     async fn run(
@@ -284,13 +286,12 @@ impl Supervisor {
             // ring's capacity; a larger label was not written by us, and tables are
             // indexed by id.
             let clash = running.id == 0
-                || running.id as usize > self.policy.capacity()
+                || running.id as usize > self.config.capacity
                 || self.replicas.contains_key(&running.id)
                 || self
                     .replicas
                     .values()
-                    .any(|r| r.hostname == running.hostname)
-                || self.policy.join(running.id).is_err();
+                    .any(|r| r.hostname == running.hostname);
             if clash {
                 log::warn!("not adopting duplicate {}", running.hostname);
                 let _ = self.provisioner.stop(&running, Duration::ZERO).await;
@@ -312,7 +313,6 @@ impl Supervisor {
             match admin::plan_add(&self.members(), &req, self.config.capacity) {
                 Ok(plan) => {
                     for m in plan {
-                        self.policy.join(m.id).expect("plan_add respects capacity");
                         self.replicas.insert(m.id, Replica::new(m.hostname, m.id));
                         self.launch(m.id);
                     }
@@ -411,7 +411,16 @@ impl Supervisor {
                 reply,
             } => {
                 self.busy = false;
-                let _ = reply.send(self.finish_add(plan, result));
+                match self.finish_add(plan, result) {
+                    // Answered once the registry has published the new replicas, so
+                    // the answer's `/rep` body shows them.
+                    Ok(()) => self.report(Some(Box::new(move || {
+                        let _ = reply.send(Ok(()));
+                    }))),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Note::Removed { reply } => {
                 self.busy = false;
@@ -458,7 +467,7 @@ impl Supervisor {
     }
 
     /// Plans an `/add` and launches its replicas in a task of their own; the answer
-    /// goes out when it reports back ([`Supervisor::finish_add`]).
+    /// goes out when it reports back ([`Managed::finish_add`]).
     fn begin_add(&mut self, req: ScaleRequest, reply: Reply) {
         if !self.provisioner.can_start() {
             let why = format!(
@@ -519,13 +528,11 @@ impl Supervisor {
             ))
         })?;
         for (m, running) in plan.into_iter().zip(running) {
-            self.policy.join(m.id).expect("plan_add respects capacity");
             let mut replica = Replica::new(m.hostname, m.id);
             replica.incarnation = 1;
             replica.become_healthy(running, &self.metrics);
             self.replicas.insert(m.id, replica);
         }
-        self.publish();
         Ok(())
     }
 
@@ -541,7 +548,7 @@ impl Supervisor {
         };
         let mut leaving = Vec::new();
         for m in &plan {
-            self.policy.leave(m.id);
+            self.removed.push(m.id);
             if let Some(r) = self.replicas.remove(&m.id) {
                 leaving.push(r);
             }
@@ -579,29 +586,44 @@ impl Supervisor {
         self.provisioner.shutdown(&running).await;
     }
 
-    fn publish(&self) {
-        let routable = self
-            .replicas
-            .values()
-            .filter(|r| r.state == ReplicaState::Healthy)
-            .filter_map(|r| r.backend.clone())
-            .collect();
-        let replicas = self
-            .replicas
-            .values()
-            .map(|r| ReplicaStatus {
-                hostname: r.hostname.clone(),
+    /// Tells the registry the state of every replica, and which left.
+    fn publish(&mut self) {
+        self.report(None);
+    }
+
+    /// [`Managed::publish`], running `then` once the registry has published it.
+    fn report(&mut self, then: Option<Box<dyn FnOnce() + Send>>) {
+        let gone = self.removed.drain(..).map(Change::Remove);
+        let members = self.replicas.values().map(|r| {
+            Change::Upsert(RegistryMember {
                 id: r.id,
+                hostname: r.hostname.clone(),
                 state: r.state,
                 address: r.running.as_ref().map(|x| x.address.clone()),
-                restarts: r.restarts,
                 handle: r.running.as_ref().map(|x| x.handle.clone()),
+                restarts: r.restarts,
+                backend: r.backend.clone(),
             })
-            .collect();
-        self.metrics.ring_changes.inc();
-        self.snapshot.store(Arc::new(Snapshot {
-            picker: self.policy.picker(routable),
-            replicas,
-        }));
+        });
+        let changes = gone.chain(members).collect();
+        let _ = self.changes.send(Batch { changes, then });
+    }
+}
+
+/// The managed replicas as a registry source: every batch the task reports.
+pub struct ManagedSource {
+    changes: mpsc::UnboundedReceiver<Batch>,
+}
+
+impl Source for ManagedSource {
+    fn name(&self) -> &'static str {
+        "managed"
+    }
+
+    fn changes(self: Box<Self>) -> BoxStream<'static, Batch> {
+        futures_util::stream::unfold(self.changes, |mut rx| async move {
+            rx.recv().await.map(|batch| (batch, rx))
+        })
+        .boxed()
     }
 }

@@ -1,4 +1,4 @@
-//! The supervisor's logic over a fake provisioner and fake health: no processes, no
+//! The managed source's logic over a fake provisioner and fake health: no processes, no
 //! sockets, and starts that take exactly as long as a test says.
 
 use std::collections::{HashMap, HashSet};
@@ -14,7 +14,9 @@ use super::*;
 use crate::health::Health;
 use crate::policy::hash::HashPolicy;
 use crate::provisioner::{EventSender, ProvisionError};
+use crate::registry::Registry;
 use crate::ring::{Geometry, Ring};
+use crate::snapshot::{ReplicaStatus, SharedSnapshot};
 
 /// A provisioner that records what it is asked. A hostname can be held at its start
 /// (until released) or made to fail; every start gets a new handle.
@@ -102,7 +104,7 @@ impl Health for AlwaysUp {
 
 struct Harness {
     snapshot: SharedSnapshot,
-    handle: SupervisorHandle,
+    handle: ManagedHandle,
     events: EventSender,
 }
 
@@ -116,23 +118,24 @@ fn start(provisioner: Arc<FakeProvisioner>, replicas: usize) -> Harness {
         scheme,
     );
     let policy = Box::new(HashPolicy::new(ring));
-    let snapshot = Arc::new(ArcSwap::from_pointee(Supervisor::empty_snapshot(&*policy)));
-    let supervisor = Supervisor::new(
+    let snapshot = Arc::new(ArcSwap::from_pointee(Registry::empty_snapshot(&*policy)));
+    let metrics = Arc::new(Metrics::new());
+    let managed = Managed::new(
         provisioner.clone(),
         Arc::new(AlwaysUp),
-        policy,
-        SupervisorConfig {
+        ManagedConfig {
             replicas,
             capacity: 56,
             start_timeout: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(1),
         },
-        snapshot.clone(),
-        Arc::new(Metrics::new()),
+        metrics.clone(),
     );
     let (events, events_rx) = mpsc::unbounded_channel();
     let (_unhealthy, unhealthy_rx) = mpsc::unbounded_channel();
-    let (handle, _task) = supervisor.spawn(events_rx, unhealthy_rx);
+    let (handle, source, _task) = managed.spawn(events_rx, unhealthy_rx);
+    let registry = Registry::new(policy, snapshot.clone(), metrics);
+    tokio::spawn(registry.run(vec![Box::new(source)]));
     Harness {
         snapshot,
         handle,
