@@ -15,6 +15,7 @@ use crate::dataplane::{DataPlane, ForwardConfig};
 use crate::health::{self, Health, HeartbeatConfig, Prober};
 use crate::metrics::Metrics;
 use crate::policy::hash::HashPolicy;
+use crate::policy::Policy;
 use crate::provisioner::docker::{DockerProvisioner, DockerSettings, ReplicaLimits};
 use crate::provisioner::process::ProcessProvisioner;
 use crate::provisioner::static_set::StaticProvisioner;
@@ -112,11 +113,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let capacity = config
         .max_replicas
         .unwrap_or(usize::MAX)
-        .min(geometry.capacity());
+        .min(policy.capacity());
     if replicas > capacity {
         log::warn!("{replicas} replicas asked for, but only {capacity} fit; starting {capacity}");
     }
 
+    let policy_name = policy.name();
     let snapshot = Arc::new(ArcSwap::from_pointee(Registry::empty_snapshot(&*policy)));
     let health: Arc<dyn Health> = Arc::new(Prober::new(config.heartbeat_timeout));
     let metrics = Arc::new(Metrics::new());
@@ -162,7 +164,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         metrics: metrics.clone(),
         admin_token: config.admin_token.clone(),
         runtime: provisioner.name(),
-        hash: scheme.name(),
+        hash: policy_name,
         hash_key: config.hash_key.to_string(),
         internal: internal_addr,
         relay_secret: relay_secret.clone(),
@@ -223,7 +225,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         "listening on {} with {workers} workers; {} runtime, {replicas} replicas, hash {}, key {}",
         dataplane.local_addr(),
         provisioner.name(),
-        scheme.name(),
+        policy_name,
         config.hash_key
     );
 

@@ -5,7 +5,7 @@
 //! the hash does, and keys still move only as far as the bound forces them.
 //!
 //! At request time the load is each backend's live in-flight count
-//! ([`crate::policy::hash::HashPicker::candidates`]); in simulation it is the count of keys
+//! (`policy::hash::HashPicker::candidates`); in simulation it is the count of keys
 //! assigned so far ([`assign`]).
 
 use std::collections::HashMap;
