@@ -22,6 +22,15 @@ fn pids(lb: &Service) -> Vec<u32> {
         .collect()
 }
 
+/// `kill -9` of the second replica in `/status`; it and when it was killed.
+fn kill_second_replica(lb: &Service) -> (Value, Instant) {
+    let victim = replicas(lb)[1].clone();
+    let pid = victim["handle"].as_str().unwrap().parse().unwrap();
+    let killed_at = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    (victim, killed_at)
+}
+
 fn failure(message: &str) -> Value {
     json!({"message": format!("<Error> {message}"), "status": "failure"})
 }
@@ -255,17 +264,11 @@ fn a_killed_replica_is_replaced_under_the_same_name_while_traffic_keeps_flowing(
     let lb = balancer(&[]);
     let load = Load::start(&lb.base, 1, Duration::from_secs(60));
     load.wait_for(20, Duration::from_secs(10));
-    let victim = replicas(&lb)[1].clone();
+    let (victim, killed_at) = kill_second_replica(&lb);
     let (name, handle) = (
         victim["hostname"].as_str().unwrap(),
         victim["handle"].as_str().unwrap(),
     );
-    let killed_at = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(handle.parse().unwrap()),
-        Signal::SIGKILL,
-    )
-    .unwrap();
     let back = poll(
         "the replacement to be healthy",
         Duration::from_secs(15),
@@ -423,17 +426,11 @@ fn a_replica_killed_during_a_slow_add_is_replaced_at_once() {
     poll("the slow replica to begin starting", BOOT, || {
         started.exists().then_some(())
     });
-    let victim = replicas(&lb)[1].clone();
+    let (victim, killed_at) = kill_second_replica(&lb);
     let (name, handle) = (
         victim["hostname"].as_str().unwrap(),
         victim["handle"].as_str().unwrap(),
     );
-    let killed_at = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(handle.parse().unwrap()),
-        Signal::SIGKILL,
-    )
-    .unwrap();
     poll(
         "the replacement to be healthy",
         Duration::from_secs(15),

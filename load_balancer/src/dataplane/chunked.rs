@@ -374,9 +374,7 @@ mod tests {
             b";a=\"quoted; with \\\" and spaces\"",
             b"\t;a",
         ] {
-            let mut body = b"3".to_vec();
-            body.extend_from_slice(ext);
-            body.extend_from_slice(b"\r\nabc\r\n0\r\n\r\n");
+            let body = [&b"3"[..], ext, b"\r\nabc\r\n0\r\n\r\n"].concat();
             assert!(decode(&body).is_ok(), "{:?}", String::from_utf8_lossy(ext));
         }
         for ext in [
@@ -390,9 +388,7 @@ mod tests {
             b"z",
             b";a;;b",
         ] {
-            let mut body = b"3".to_vec();
-            body.extend_from_slice(ext);
-            body.extend_from_slice(b"\r\nabc\r\n0\r\n\r\n");
+            let body = [&b"3"[..], ext, b"\r\nabc\r\n0\r\n\r\n"].concat();
             assert!(refused(&body), "{:?}", String::from_utf8_lossy(ext));
         }
         let long = format!("3;a={}\r\nabc\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_LINE));
@@ -409,9 +405,7 @@ mod tests {
             b"GET /smuggled HTTP/1.1\r\n",
             b"a: nul\x00\r\n",
         ] {
-            let mut body = b"0\r\n".to_vec();
-            body.extend_from_slice(trailers);
-            body.extend_from_slice(b"\r\n");
+            let body = [&b"0\r\n"[..], trailers, b"\r\n"].concat();
             assert!(refused(&body), "{:?}", String::from_utf8_lossy(trailers));
         }
         let many = format!("0\r\n{}\r\n", "a: bcdefgh\r\n".repeat(MAX_TRAILERS / 10));
