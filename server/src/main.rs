@@ -1,16 +1,24 @@
-//! The replica: answers `/home` with its identity and `/heartbeat` with 200, and
-//! echoes what it received at `/echo` (for tests and demos).
+//! The replica: answers `/home` with its identity and `/heartbeat` with 200 (and its
+//! load), computes at `/compute`, takes injected faults at `/control`, and echoes what
+//! it received at `/echo` (for tests and demos). `routes` has the handlers, `load` the
+//! in-flight count and faults every request goes through.
 //!
 //! `SERVER_ID` names it; `--listen` (env `LISTEN`) says where it serves. On SIGTERM it
 //! stops accepting, finishes the requests in flight and exits 0.
 
+mod load;
+mod routes;
+
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
 use clap::Parser;
-use serde_json::json;
+
+use load::Load;
+use routes::Identity;
 
 /// A replica server for the load balancer.
 #[derive(Debug, Parser)]
@@ -25,50 +33,9 @@ struct Args {
     /// Request-serving threads.
     #[arg(long, env = "WORKERS", default_value_t = 1)]
     workers: usize,
-}
-
-struct Identity {
-    server_id: String,
-}
-
-async fn home(id: web::Data<Identity>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "message": format!("Hello from Server: {}", id.server_id),
-        "status": "successful",
-    }))
-}
-
-async fn heartbeat() -> HttpResponse {
-    HttpResponse::Ok().finish()
-}
-
-/// Echoes a request back as JSON, to show what a replica received behind the
-/// balancer: for tests (the differential smuggling test in `tests/tests/smuggling.rs`
-/// speaks this protocol to several independent servers) and demos.
-///
-/// Answers any method at `/echo` and below, once the whole body has been read, with
-/// `{"seq", "method", "target", "body_len", "body"}`: `seq` numbers the echoed
-/// requests of this process from 1, so a request the balancer never answered its
-/// client for shows as a gap; `body` is the first 200 bytes as latin-1.
-async fn echo(req: HttpRequest, body: web::Bytes, seq: web::Data<AtomicU64>) -> HttpResponse {
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| req.path().to_string(), |p| p.to_string());
-    HttpResponse::Ok().json(json!({
-        "seq": seq.fetch_add(1, Ordering::SeqCst) + 1,
-        "method": req.method().as_str(),
-        "target": target,
-        "body_len": body.len(),
-        "body": body.iter().take(200).map(|&b| char::from(b)).collect::<String>(),
-    }))
-}
-
-async fn not_found(req: HttpRequest) -> HttpResponse {
-    HttpResponse::NotFound().json(json!({
-        "message": format!("'{}' endpoint does not exist", req.path()),
-        "status": "failure",
-    }))
+    /// The most requests in flight; past it, `503` and `X-Available: false`.
+    #[arg(long, env = "MAX_CONCURRENT", value_parser = clap::value_parser!(u64).range(1..))]
+    max_concurrent: Option<u64>,
 }
 
 #[actix_web::main]
@@ -79,15 +46,14 @@ async fn main() -> std::io::Result<()> {
         server_id: args.server_id,
     });
     let echoed = web::Data::new(AtomicU64::new(0));
+    let load = web::Data::new(Load::new(args.max_concurrent.map(|m| m as usize)));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(identity.clone())
             .app_data(echoed.clone())
-            .route("/home", web::get().to(home))
-            .route("/heartbeat", web::get().to(heartbeat))
-            .route("/echo", web::route().to(echo))
-            .route("/echo/{tail:.*}", web::route().to(echo))
-            .default_service(web::to(not_found))
+            .app_data(load.clone())
+            .wrap(from_fn(load::apply))
+            .configure(routes::routes)
     })
     .workers(args.workers.max(1))
     // Longer than the balancer's pool keeps idle connections, so the server is
