@@ -13,6 +13,7 @@ use crate::admin::{self, Op, MAX_BODY};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::registry::managed::ManagedHandle;
+use crate::replica_controls;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 
 /// What every handler shares.
@@ -30,6 +31,8 @@ pub struct AppState {
     pub internal: std::net::SocketAddr,
     /// What the relay sends in [`RELAY_HEADER`]; random per process.
     pub relay_secret: String,
+    /// Relays `/replicas/<name>/control` to replicas.
+    pub control_client: crate::replica_controls::ControlClient,
 }
 
 /// The header by which the data plane's relay proves itself to the internal
@@ -66,7 +69,7 @@ pub async fn only_the_relay_inside(
 /// Declares the admin routes once: the list the data plane matches requests against,
 /// and their registration on the actix app, so the two cannot drift apart.
 macro_rules! admin_routes {
-    ($($method:ident $path:literal => $handler:ident,)*) => {
+    ($($method:ident $path:literal => $handler:path,)*) => {
         /// The balancer's own endpoints; every other method and path goes to a replica.
         pub const ADMIN_ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
 
@@ -84,11 +87,31 @@ admin_routes! {
     GET "/metrics" => metrics,
     POST "/add" => add,
     DELETE "/rm" => remove,
+    POST "/replicas/{name}/disable" => replica_controls::disable,
+    POST "/replicas/{name}/enable" => replica_controls::enable,
+    GET "/replicas/{name}/control" => replica_controls::control,
+    POST "/replicas/{name}/control" => replica_controls::control,
 }
 
 /// Whether a request is for the balancer itself rather than a replica.
 pub fn is_admin(method: &str, path: &str) -> bool {
-    ADMIN_ROUTES.iter().any(|(m, p)| *m == method && *p == path)
+    ADMIN_ROUTES
+        .iter()
+        .any(|(m, pattern)| *m == method && matches_route(pattern, path))
+}
+
+/// Whether `path` fits a route `pattern`, where a `{name}` segment stands for any one
+/// non-empty segment.
+fn matches_route(pattern: &str, path: &str) -> bool {
+    let (mut want, mut got) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') && !g.is_empty() => {}
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
+        }
+    }
 }
 
 /// Whether an admin call changes the replica set (and so may need its own address).
@@ -96,7 +119,7 @@ pub fn is_mutating(method: &str) -> bool {
     method != "GET"
 }
 
-fn successful(message: serde_json::Value) -> HttpResponse {
+pub(crate) fn successful(message: serde_json::Value) -> HttpResponse {
     HttpResponse::Ok().json(json!({"message": message, "status": "successful"}))
 }
 
@@ -164,7 +187,7 @@ async fn not_admin(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::UnknownEndpoint(req.path().to_string()))
 }
 
-fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+pub(crate) fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     let Some(token) = &state.admin_token else {
         return Ok(());
     };
@@ -182,7 +205,10 @@ fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// Reads an admin body, refusing it as soon as it passes [`MAX_BODY`].
-async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<BytesMut, ApiError> {
+pub(crate) async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<BytesMut, ApiError> {
     let too_large = ApiError::PayloadTooLarge { limit: MAX_BODY };
     let declared = req
         .headers()
@@ -201,4 +227,21 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<Bytes
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_routes_match_their_paths_with_a_name_in_place_of_a_pattern() {
+        assert!(is_admin("GET", "/rep"));
+        assert!(!is_admin("POST", "/rep"));
+        assert!(is_admin("POST", "/replicas/Server2/disable"));
+        assert!(is_admin("GET", "/replicas/S-5/control"));
+        assert!(!is_admin("POST", "/replicas//disable"));
+        assert!(!is_admin("POST", "/replicas/Server2/disable/more"));
+        assert!(!is_admin("POST", "/replicas/Server2"));
+        assert!(!is_admin("GET", "/home"));
+    }
 }

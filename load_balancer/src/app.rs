@@ -168,6 +168,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         hash_key: config.hash_key.to_string(),
         internal: internal_addr,
         relay_secret: relay_secret.clone(),
+        control_client: Default::default(),
     });
     let mut api_server = HttpServer::new(move || {
         App::new()

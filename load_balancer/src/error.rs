@@ -35,6 +35,9 @@ pub enum ApiError {
     /// A replica could not be started; the request was rolled back.
     #[error("{0}")]
     StartFailed(String),
+    /// No replica has this name.
+    #[error("Unknown replica '{0}'")]
+    UnknownReplica(String),
     /// The replica answered 404 for a forwarded path.
     #[error("'{0}' endpoint does not exist in server replicas")]
     UnknownEndpoint(String),
@@ -87,6 +90,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::UnknownEndpoint(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::UnknownReplica(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::HeaderTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,

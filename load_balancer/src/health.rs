@@ -102,7 +102,8 @@ pub async fn heartbeat_loop(
         let targets: Vec<_> = snap
             .replicas
             .iter()
-            .filter(|r| r.state == ReplicaState::Healthy)
+            // A disabled replica still runs, and its death must still be noticed.
+            .filter(|r| matches!(r.state, ReplicaState::Healthy | ReplicaState::Disabled))
             .filter_map(|r| Some((r.id, r.handle.clone()?, r.address.clone()?)))
             .collect();
         let probes = targets.iter().map(|(_, _, addr)| health.check(addr));

@@ -26,6 +26,7 @@ pub(crate) mod metrics;
 pub(crate) mod policy;
 pub(crate) mod provisioner;
 pub(crate) mod registry;
+pub(crate) mod replica_controls;
 pub mod ring;
 pub mod scheme;
 pub(crate) mod snapshot;

@@ -123,6 +123,7 @@ impl Metrics {
             (ReplicaState::Starting, "starting"),
             (ReplicaState::Healthy, "healthy"),
             (ReplicaState::Down, "down"),
+            (ReplicaState::Disabled, "disabled"),
         ] {
             let n = snap.replicas.iter().filter(|r| r.state == state).count();
             self.replicas.with_label_values(&[name]).set(n as i64);

@@ -22,6 +22,8 @@ pub enum ReplicaState {
     Healthy,
     /// Dead or unresponsive; a replacement is scheduled.
     Down,
+    /// Running and answering, but an operator keeps new requests away from it.
+    Disabled,
 }
 
 /// One replica in `/status`.

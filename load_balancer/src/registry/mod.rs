@@ -37,6 +37,8 @@ pub struct Member {
     pub restarts: u32,
     /// Its live figures, present while it may take traffic.
     pub backend: Option<Arc<Backend>>,
+    /// Whether an operator lets new requests reach it.
+    pub enabled: bool,
 }
 
 /// One change to the backend set.
@@ -135,7 +137,7 @@ impl Registry {
         let routable = self
             .members
             .values()
-            .filter(|m| m.state == ReplicaState::Healthy)
+            .filter(|m| m.state == ReplicaState::Healthy && m.enabled)
             .filter_map(|m| m.backend.clone())
             .collect();
         let replicas = self
@@ -144,7 +146,10 @@ impl Registry {
             .map(|m| ReplicaStatus {
                 hostname: m.hostname.clone(),
                 id: m.id,
-                state: m.state,
+                state: match m.state {
+                    ReplicaState::Healthy if !m.enabled => ReplicaState::Disabled,
+                    state => state,
+                },
                 address: m.address.clone(),
                 restarts: m.restarts,
                 handle: m.handle.clone(),
@@ -199,6 +204,7 @@ mod tests {
             handle: Some(format!("p{id}")),
             restarts: 0,
             backend,
+            enabled: true,
         }
     }
 
@@ -289,6 +295,25 @@ mod tests {
         registry.apply(vec![up(2)]);
         registry.publish();
         assert_eq!(owners(&snapshot), before);
+    }
+
+    #[tokio::test]
+    async fn a_disabled_member_is_shown_as_disabled_and_never_routed_to() {
+        let m = Metrics::new();
+        let (registry, snapshot) = registry();
+        let mut off = member(2, ReplicaState::Healthy, &m);
+        off.enabled = false;
+        let changes = vec![
+            Change::Upsert(member(1, ReplicaState::Healthy, &m)),
+            Change::Upsert(off),
+        ];
+        registry
+            .run(vec![Box::new(Fixed(vec![batch(changes)]))])
+            .await;
+        assert_eq!(routed(&snapshot), [1]);
+        let snap = snapshot.load();
+        assert_eq!(snap.replicas[1].state, ReplicaState::Disabled);
+        assert_eq!(snap.hostnames(), ["S1", "S2"]);
     }
 
     #[tokio::test]

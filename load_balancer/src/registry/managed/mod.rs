@@ -54,6 +54,8 @@ pub struct ManagedConfig {
 enum Command {
     Add(ScaleRequest, oneshot::Sender<Result<(), ApiError>>),
     Remove(ScaleRequest, oneshot::Sender<Result<(), ApiError>>),
+    /// Lets new requests reach a replica, or keeps them away.
+    Enable(String, bool, oneshot::Sender<Result<(), ApiError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -110,6 +112,13 @@ impl ManagedHandle {
         self.ask(|tx| Command::Remove(req, tx)).await?
     }
 
+    /// Keeps new requests away from replica `hostname` (`false`) or lets them reach it
+    /// again; answered once the registry has published it.
+    pub async fn enable(&self, hostname: String, enabled: bool) -> Result<(), ApiError> {
+        self.ask(|tx| Command::Enable(hostname, enabled, tx))
+            .await?
+    }
+
     /// Stops the managed source; the provisioner decides what happens to the replicas.
     pub async fn shutdown(&self) {
         let _ = self.ask(Command::Shutdown).await;
@@ -129,6 +138,8 @@ struct Replica {
     streak: u32,
     healthy_since: Option<Instant>,
     incarnation: u64,
+    /// Cleared by `/replicas/<name>/disable`; kept across respawns.
+    enabled: bool,
 }
 
 impl Replica {
@@ -144,16 +155,20 @@ impl Replica {
             streak: 0,
             healthy_since: None,
             incarnation: 0,
+            enabled: true,
         }
     }
 
     fn become_healthy(&mut self, running: Running, metrics: &Metrics) {
-        self.backend = Some(Arc::new(Backend::new(
+        let backend = Backend::new(
             self.id,
             self.hostname.clone(),
             running.address.clone(),
             metrics.replica(&self.hostname),
-        )));
+        );
+        // A replacement stays as disabled as the replica it replaces.
+        backend.set_enabled(self.enabled);
+        self.backend = Some(Arc::new(backend));
         self.running = Some(running);
         self.state = ReplicaState::Healthy;
         self.healthy_since = Some(Instant::now());
@@ -244,6 +259,10 @@ impl Managed {
         loop {
             tokio::select! {
                 cmd = commands.recv(), if open => match cmd {
+                    // Instant, and touching no replica an /add or /rm is working on.
+                    Some(Command::Enable(hostname, enabled, reply)) => {
+                        self.enable(&hostname, enabled, reply);
+                    }
                     Some(cmd) => self.queued.push_back(cmd),
                     None => {
                         // Every handle is gone: nobody can ask anything again.
@@ -264,6 +283,9 @@ impl Managed {
                 match self.queued.pop_front() {
                     Some(Command::Add(req, reply)) => self.begin_add(req, reply),
                     Some(Command::Remove(req, reply)) => self.begin_remove(req, reply),
+                    Some(Command::Enable(hostname, enabled, reply)) => {
+                        self.enable(&hostname, enabled, reply);
+                    }
                     Some(Command::Shutdown(reply)) => {
                         self.shutdown().await;
                         let _ = reply.send(());
@@ -586,6 +608,20 @@ impl Managed {
         self.provisioner.shutdown(&running).await;
     }
 
+    fn enable(&mut self, hostname: &str, enabled: bool, reply: Reply) {
+        let Some(r) = self.replicas.values_mut().find(|r| r.hostname == hostname) else {
+            let _ = reply.send(Err(ApiError::UnknownReplica(hostname.to_string())));
+            return;
+        };
+        r.enabled = enabled;
+        if let Some(b) = &r.backend {
+            b.set_enabled(enabled);
+        }
+        self.report(Some(Box::new(move || {
+            let _ = reply.send(Ok(()));
+        })));
+    }
+
     /// Tells the registry the state of every replica, and which left.
     fn publish(&mut self) {
         self.report(None);
@@ -603,6 +639,7 @@ impl Managed {
                 handle: r.running.as_ref().map(|x| x.handle.clone()),
                 restarts: r.restarts,
                 backend: r.backend.clone(),
+                enabled: r.enabled,
             })
         });
         let changes = gone.chain(members).collect();
