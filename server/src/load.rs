@@ -106,12 +106,16 @@ pub fn failure(
     HttpResponse::build(status).json(json!({"message": message.to_string(), "status": "failure"}))
 }
 
+/// The value of parameter `name` in a query string (undecoded: ours are numbers).
+pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
 /// `delay_ms` from a query string: `Ok(None)` when absent.
 pub fn delay_in_query(query: &str) -> Result<Option<u64>, String> {
-    let Some(value) = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("delay_ms="))
-    else {
+    let Some(value) = query_param(query, "delay_ms") else {
         return Ok(None);
     };
     value

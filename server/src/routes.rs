@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use crate::load::{failure, Faults, Load};
+use crate::load::{failure, query_param, Faults, Load};
 
 /// The largest `n` `/compute` takes: fib(40) by the naive recursion is seconds of CPU.
 const MAX_N: u32 = 40;
@@ -56,10 +56,7 @@ fn fib(n: u32) -> u64 {
 /// `GET /compute?n=N`: fib(N), computed off the request threads so heartbeats are
 /// still answered while it runs.
 async fn compute(req: HttpRequest) -> HttpResponse {
-    let n = req
-        .query_string()
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("n="))
+    let n = query_param(req.query_string(), "n")
         .and_then(|v| v.parse::<u32>().ok())
         .filter(|n| *n <= MAX_N);
     let Some(n) = n else {
@@ -83,11 +80,7 @@ fn faults_body(faults: Faults) -> HttpResponse {
 
 /// `GET /control`: the faults in force; `?set_delay_ms=D` sets the delay first.
 async fn control(req: HttpRequest, load: web::Data<Load>) -> HttpResponse {
-    let asked = req
-        .query_string()
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("set_delay_ms="));
-    let Some(asked) = asked else {
+    let Some(asked) = query_param(req.query_string(), "set_delay_ms") else {
         return faults_body(load.faults());
     };
     let Ok(delay) = asked.parse::<u64>() else {
