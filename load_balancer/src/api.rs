@@ -3,6 +3,8 @@
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
+use std::time::Instant;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures_util::StreamExt;
@@ -12,21 +14,23 @@ use subtle::ConstantTimeEq;
 use crate::admin::{self, Op, MAX_BODY};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::policy::HASH_POLICIES;
 use crate::registry::managed::ManagedHandle;
+use crate::registry::RegistryHandle;
 use crate::replica_controls;
-use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::snapshot::{ReplicaStatus, SharedSnapshot, Snapshot};
 
 /// What every handler shares.
 pub struct AppState {
     pub snapshot: SharedSnapshot,
     pub managed: ManagedHandle,
+    /// Where `PUT /policy` goes.
+    pub registry: RegistryHandle,
     pub metrics: std::sync::Arc<Metrics>,
     /// When set, `/add` and `/rm` need `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
     /// Shown in `/status`.
     pub runtime: &'static str,
-    pub hash: &'static str,
-    pub hash_key: String,
     /// The loopback listener the data plane relays admin calls to.
     pub internal: std::net::SocketAddr,
     /// What the relay sends in [`RELAY_HEADER`]; random per process.
@@ -85,6 +89,8 @@ admin_routes! {
     GET "/rep" => rep,
     GET "/status" => status,
     GET "/metrics" => metrics,
+    GET "/policy" => policy,
+    PUT "/policy" => set_policy,
     POST "/add" => add,
     DELETE "/rm" => remove,
     POST "/replicas/{name}/disable" => replica_controls::disable,
@@ -131,15 +137,59 @@ async fn rep(state: web::Data<AppState>) -> HttpResponse {
     rep_body(&state.snapshot.load())
 }
 
+/// One replica in `/status`: what the registry knows, and its live figures when it
+/// has them (routable or disabled).
+fn replica_status(snap: &Snapshot, r: &ReplicaStatus, now: Instant) -> serde_json::Value {
+    let mut v = json!(r);
+    let figures = snap.figures_of(r.id).map(|b| {
+        json!({
+            "enabled": b.enabled(),
+            "in_flight": b.load(),
+            "latency_ms": b.latency(now).as_secs_f64() * 1000.0,
+            "error_rate": b.error_rate(now),
+            "score": b.score(now),
+            "reported_load": b.reported_load(),
+            "available": b.available(),
+            "weight": b.weight(),
+            "capacity": b.capacity().to_string(),
+        })
+    });
+    if let (Some(map), Some(serde_json::Value::Object(f))) = (v.as_object_mut(), figures) {
+        map.extend(f);
+    }
+    v
+}
+
 async fn status(state: web::Data<AppState>) -> HttpResponse {
     let snap = state.snapshot.load();
+    let now = Instant::now();
+    let policy = snap.settings.policy;
     successful(json!({
         "N": snap.replicas.len(),
-        "replicas": snap.replicas,
+        "replicas": snap.replicas.iter().map(|r| replica_status(&snap, r, now)).collect::<Vec<_>>(),
         "runtime": state.runtime,
-        "hash": state.hash,
-        "hash_key": state.hash_key,
+        "policy": policy,
+        "hash": HASH_POLICIES.contains(&policy).then_some(policy),
+        "hash_key": snap.settings.hash_key.to_string(),
     }))
+}
+
+async fn policy(state: web::Data<AppState>) -> HttpResponse {
+    successful(state.snapshot.load().settings.view())
+}
+
+/// `PUT /policy`: authorize, read and parse the body, let the registry apply it.
+async fn set_policy(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let body = read_body(&req, payload).await?;
+    let body: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("Invalid JSON body: {e}")))?;
+    let settings = state.registry.update_policy(body).await?;
+    Ok(successful(settings.view()))
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
-use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
 use crate::api::{self, AppState};
@@ -14,23 +13,21 @@ use crate::config::{Config, RuntimeKind};
 use crate::dataplane::{DataPlane, ForwardConfig};
 use crate::health::{self, Health, HeartbeatConfig, Prober};
 use crate::metrics::Metrics;
-use crate::policy::hash::HashPolicy;
-use crate::policy::Policy;
+use crate::policy::settings::{policy_name, Settings};
+use crate::policy::UnknownPolicy;
 use crate::provisioner::docker::{DockerProvisioner, DockerSettings, ReplicaLimits};
 use crate::provisioner::process::ProcessProvisioner;
 use crate::provisioner::static_set::StaticProvisioner;
 use crate::provisioner::{EventSender, Provisioner};
 use crate::registry::managed::{Managed, ManagedConfig};
 use crate::registry::Registry;
-use crate::ring::{Geometry, Ring};
-use crate::scheme;
-use crate::scheme::bounded::Bound;
+use crate::ring::Geometry;
 
 /// Why the balancer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("unknown hash scheme '{0}': choose one of {names}", names = scheme::NAMES.join(", "))]
-    UnknownScheme(String),
+    #[error("{0}")]
+    UnknownPolicy(#[from] UnknownPolicy),
     #[error("the static runtime needs at least one --backend")]
     NoBackends,
     #[error("cannot find the server binary: {0}")]
@@ -94,16 +91,20 @@ fn server_beside_self() -> std::io::Result<PathBuf> {
 /// Runs the balancer: starts its replicas, serves until SIGINT or SIGTERM, drains,
 /// and lets the provisioner decide what happens to the replicas.
 pub async fn run(config: Config) -> Result<(), StartError> {
-    let scheme = scheme::by_name(&config.hash)
-        .ok_or_else(|| StartError::UnknownScheme(config.hash.clone()))?;
+    let settings = Settings {
+        policy: policy_name(&config.policy).ok_or_else(|| UnknownPolicy(config.policy.clone()))?,
+        hash_key: config.hash_key.clone(),
+        balance_factor: config.balance_factor,
+        slow_start: config.slow_start,
+        hedge: config.hedge,
+        hedge_budget: config.hedge_budget,
+    };
     let geometry = Geometry {
         slots: config.slots as usize,
         virtual_nodes: config.virtual_nodes as usize,
     };
-    let bound = config.balance_factor.and_then(Bound::new);
-    let policy = Box::new(HashPolicy::new(
-        Ring::new(geometry, scheme.clone()).with_bound(bound),
-    ));
+    let metrics = Arc::new(Metrics::new());
+    let (registry, snapshot, registry_handle) = Registry::new(settings, geometry, metrics.clone())?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let provisioner = build_provisioner(&config, events_tx).await?;
     let replicas = match config.runtime {
@@ -113,15 +114,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let capacity = config
         .max_replicas
         .unwrap_or(usize::MAX)
-        .min(policy.capacity());
+        .min(registry.capacity());
     if replicas > capacity {
         log::warn!("{replicas} replicas asked for, but only {capacity} fit; starting {capacity}");
     }
 
-    let policy_name = policy.name();
-    let snapshot = Arc::new(ArcSwap::from_pointee(Registry::empty_snapshot(&*policy)));
     let health: Arc<dyn Health> = Arc::new(Prober::new(config.heartbeat_timeout));
-    let metrics = Arc::new(Metrics::new());
     let managed = Managed::new(
         provisioner.clone(),
         health.clone(),
@@ -135,7 +133,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     );
     let (unhealthy_tx, unhealthy_rx) = mpsc::unbounded_channel();
     let (handle, source, managed_task) = managed.spawn(events_rx, unhealthy_rx);
-    let registry = Registry::new(policy, snapshot.clone(), metrics.clone());
     let registry_task = tokio::spawn(registry.run(vec![Box::new(source)]));
     let heartbeat = tokio::spawn(health::heartbeat_loop(
         snapshot.clone(),
@@ -161,11 +158,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let state = web::Data::new(AppState {
         snapshot: snapshot.clone(),
         managed: handle.clone(),
+        registry: registry_handle,
         metrics: metrics.clone(),
         admin_token: config.admin_token.clone(),
         runtime: provisioner.name(),
-        hash: policy_name,
-        hash_key: config.hash_key.to_string(),
         internal: internal_addr,
         relay_secret: relay_secret.clone(),
         control_client: Default::default(),
@@ -199,7 +195,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         config.listen,
         workers,
         ForwardConfig {
-            hash_key: config.hash_key.clone(),
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             idle_timeout: config.idle_timeout,
@@ -223,10 +218,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     println!("listening on http://{}", dataplane.local_addr());
     std::io::stdout().flush()?;
     log::info!(
-        "listening on {} with {workers} workers; {} runtime, {replicas} replicas, hash {}, key {}",
+        "listening on {} with {workers} workers; {} runtime, {replicas} replicas, policy {}, key {}",
         dataplane.local_addr(),
         provisioner.name(),
-        policy_name,
+        config.policy,
         config.hash_key
     );
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::hashkey::HashKey;
+use crate::policy::settings::{Hedge, DEFAULT_HEDGE_BUDGET};
 
 /// Who runs the replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,9 +95,27 @@ pub struct Config {
     #[arg(long = "backend", env = "LB_BACKEND", value_delimiter = ',')]
     pub backends: Vec<String>,
 
-    /// Ring hash scheme.
-    #[arg(long, env = "LB_HASH", default_value = "quadratic")]
-    pub hash: String,
+    /// How a replica is chosen: a hash scheme (quadratic, mixed, maglev,
+    /// rendezvous) or a load-aware policy (pick-first, round-robin,
+    /// weighted-round-robin, random, least-connections, least-load, p2c-ewma,
+    /// response-time, health-score, failure-weighted-round-robin, resource-fit).
+    #[arg(long, alias = "hash", env = "LB_POLICY", default_value = "quadratic")]
+    pub policy: String,
+
+    /// Ramp a newly healthy replica's share of traffic up over this long (warm-up).
+    /// Off when unset.
+    #[arg(long, env = "LB_SLOW_START", value_parser = humantime::parse_duration)]
+    pub slow_start: Option<Duration>,
+
+    /// Also send an idempotent request without a body to the next candidate when
+    /// its replica has not answered after this long (`50ms`) or after the running
+    /// percentile of response times (`p95`). Off when unset.
+    #[arg(long, env = "LB_HEDGE")]
+    pub hedge: Option<Hedge>,
+
+    /// The most requests hedged, in percent of requests.
+    #[arg(long, env = "LB_HEDGE_BUDGET", default_value_t = DEFAULT_HEDGE_BUDGET, value_parser = parse_percent)]
+    pub hedge_budget: f64,
 
     /// Bounded loads on top of the hash scheme: a replica whose in-flight requests
     /// would pass C times the average is skipped for the next candidate (C >= 1,
@@ -188,6 +207,15 @@ fn parse_balance_factor(s: &str) -> Result<f64, String> {
         .ok_or_else(|| "the balance factor must be a number >= 1".into())
 }
 
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let p: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=100.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err("a percentage must be between 0 and 100".into())
+    }
+}
+
 fn parse_cpus(s: &str) -> Result<f64, String> {
     let c: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if (0.01..=1024.0).contains(&c) {
@@ -210,7 +238,8 @@ mod tests {
         assert_eq!(c.image, "lb-server:latest");
         assert_eq!(c.network, "lbnet");
         assert_eq!(c.instance, "load_balancer");
-        assert_eq!(c.hash, "quadratic");
+        assert_eq!(c.policy, "quadratic");
+        assert_eq!((c.slow_start, c.hedge, c.hedge_budget), (None, None, 5.0));
         assert_eq!(c.hash_key, HashKey::Random);
         assert_eq!((c.slots, c.virtual_nodes), (512, 9));
         assert_eq!(c.docker_addressing, DockerAddressing::Auto);
@@ -255,5 +284,26 @@ mod tests {
     #[test]
     fn a_bad_hash_key_is_refused_at_parse_time() {
         assert!(Config::try_parse_from(["load_balancer", "--hash-key", "nope"]).is_err());
+    }
+
+    #[test]
+    fn hash_is_an_alias_of_policy_and_hedges_parse_at_startup() {
+        let c = Config::try_parse_from(["load_balancer", "--hash", "maglev"]).unwrap();
+        assert_eq!(c.policy, "maglev");
+        let c = Config::try_parse_from([
+            "load_balancer",
+            "--policy",
+            "round-robin",
+            "--hedge",
+            "p95",
+            "--slow-start",
+            "30s",
+        ])
+        .unwrap();
+        assert_eq!(c.policy, "round-robin");
+        assert_eq!(c.hedge, Some(Hedge::Percentile(95.0)));
+        assert_eq!(c.slow_start, Some(Duration::from_secs(30)));
+        assert!(Config::try_parse_from(["load_balancer", "--hedge", "soon"]).is_err());
+        assert!(Config::try_parse_from(["load_balancer", "--hedge-budget", "120"]).is_err());
     }
 }

@@ -15,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
+use crate::backend::{Resources, DEFAULT_WEIGHT};
 use crate::snapshot::{ReplicaState, SharedSnapshot};
 
 /// Heartbeat settings.
@@ -26,20 +27,67 @@ pub struct HeartbeatConfig {
     pub failures: u32,
 }
 
+/// What a replica says of itself when it answers its heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    /// `X-Load`: its requests in flight, or whatever load it reports.
+    pub load: u32,
+    /// `X-Available`: whether it can take more work.
+    pub available: bool,
+    /// `X-Weight`: its share under `weighted-round-robin`.
+    pub weight: u32,
+    /// `X-Capacity`: what `resource-fit` matches demands against.
+    pub capacity: Resources,
+}
+
+impl Default for Heartbeat {
+    /// What a replica that reports nothing is taken to say: idle, available,
+    /// weight 1, no declared capacity.
+    fn default() -> Self {
+        Heartbeat {
+            load: 0,
+            available: true,
+            weight: DEFAULT_WEIGHT,
+            capacity: Resources::default(),
+        }
+    }
+}
+
+impl Heartbeat {
+    /// Reads the report from a heartbeat's headers; a header that is missing or
+    /// malformed keeps its default, so a server that is not ours still works.
+    pub fn from_headers(headers: &hyper::HeaderMap) -> Self {
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let d = Heartbeat::default();
+        Heartbeat {
+            load: get("x-load").and_then(|v| v.parse().ok()).unwrap_or(d.load),
+            available: get("x-available")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d.available),
+            weight: get("x-weight")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d.weight),
+            capacity: get("x-capacity")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d.capacity),
+        }
+    }
+}
+
 /// How the balancer learns whether a replica answers: an HTTP heartbeat today, gRPC
 /// health or reported load later. A trait, so the managed source is tested with a
 /// fake.
 #[async_trait]
 pub trait Health: Send + Sync {
-    /// Whether the replica at `address` answers now.
-    async fn check(&self, address: &str) -> bool;
+    /// What the replica at `address` reports, if it answers now.
+    async fn check(&self, address: &str) -> Option<Heartbeat>;
 
     /// Polls until the replica at `address` answers, or `within` passes.
     async fn wait_ready(&self, address: &str, within: Duration) -> bool {
         let poll = async {
             let mut pause = Duration::from_millis(10);
             loop {
-                if self.check(address).await {
+                if self.check(address).await.is_some() {
                     return;
                 }
                 tokio::time::sleep(pause).await;
@@ -72,21 +120,24 @@ impl Prober {
 
 #[async_trait]
 impl Health for Prober {
-    /// Whether `address` answers `/heartbeat` with 200 in time.
-    async fn check(&self, address: &str) -> bool {
-        let Ok(uri) = format!("http://{address}/heartbeat").parse::<hyper::Uri>() else {
-            return false;
-        };
+    /// Its report, if `address` answers `/heartbeat` with 200 in time.
+    async fn check(&self, address: &str) -> Option<Heartbeat> {
+        let uri = format!("http://{address}/heartbeat")
+            .parse::<hyper::Uri>()
+            .ok()?;
         match tokio::time::timeout(self.timeout, self.client.get(uri)).await {
-            Ok(Ok(res)) => res.status() == hyper::StatusCode::OK,
-            _ => false,
+            Ok(Ok(res)) if res.status() == hyper::StatusCode::OK => {
+                Some(Heartbeat::from_headers(res.headers()))
+            }
+            _ => None,
         }
     }
 }
 
 /// Probes every healthy replica of the current snapshot each `interval`, and sends
-/// the handle of any that failed `failures` probes in a row. A success also clears
-/// the replica's passive-health failures, which is how an ejected replica returns.
+/// the handle of any that failed `failures` probes in a row. A success records what
+/// the replica reports (load, availability, weight, capacity) and clears its
+/// passive-health failures, which is how an ejected replica returns.
 pub async fn heartbeat_loop(
     snapshot: SharedSnapshot,
     health: Arc<dyn Health>,
@@ -110,9 +161,11 @@ pub async fn heartbeat_loop(
         let results = futures_util::future::join_all(probes).await;
         let mut still_there = HashMap::new();
         for ((id, handle, _), ok) in targets.into_iter().zip(results) {
-            let missed = if ok {
-                if let Some(b) = snap.picker.backend(id) {
+            let missed = if let Some(report) = ok {
+                if let Some(b) = snap.figures_of(id) {
                     b.failures.store(0, Ordering::Relaxed);
+                    b.report(report.load, report.available);
+                    b.declare(report.weight, report.capacity);
                 }
                 0
             } else {
@@ -128,5 +181,30 @@ pub async fn heartbeat_loop(
             }
         }
         misses = still_there;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_report_is_read_from_its_headers() {
+        let mut h = hyper::HeaderMap::new();
+        h.insert("x-load", "7".parse().unwrap());
+        h.insert("x-available", "false".parse().unwrap());
+        h.insert("x-weight", "3".parse().unwrap());
+        h.insert("x-capacity", "cpu=4,storage=2".parse().unwrap());
+        let r = Heartbeat::from_headers(&h);
+        assert_eq!((r.load, r.available, r.weight), (7, false, 3));
+        assert_eq!(r.capacity.get("storage"), Some(2.0));
+    }
+
+    #[test]
+    fn missing_or_malformed_headers_keep_their_defaults() {
+        let mut h = hyper::HeaderMap::new();
+        h.insert("x-load", "lots".parse().unwrap());
+        h.insert("x-capacity", "cpu".parse().unwrap());
+        assert_eq!(Heartbeat::from_headers(&h), Heartbeat::default());
     }
 }

@@ -4,9 +4,11 @@
 //! [`ReplicaCounters`]), so the request path does atomic adds and no label lookups.
 //! Gauges that can be derived from a snapshot are computed when scraped instead.
 
+use std::time::Instant;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::snapshot::{ReplicaState, Snapshot};
@@ -27,6 +29,16 @@ pub struct Metrics {
     pub ring_changes: IntCounter,
     in_flight: IntGauge,
     replicas: IntGaugeVec,
+    /// Per replica, read from its live figures when scraped.
+    replica_in_flight: IntGaugeVec,
+    replica_latency: GaugeVec,
+    replica_error_rate: GaugeVec,
+    replica_score: GaugeVec,
+    replica_reported_load: IntGaugeVec,
+    replica_enabled: IntGaugeVec,
+    replica_weight: IntGaugeVec,
+    /// 1 for the policy in force.
+    policy: IntGaugeVec,
 }
 
 /// The status classes requests are counted by; `error` is a transport failure.
@@ -79,7 +91,49 @@ impl Metrics {
         )
         .expect("valid");
         let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid");
+        let per_replica = |name: &str, help: &str| {
+            register(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), &["replica"]).expect("valid"),
+            )
+        };
+        let per_replica_f = |name: &str, help: &str| {
+            register(
+                &r,
+                GaugeVec::new(Opts::new(name, help), &["replica"]).expect("valid"),
+            )
+        };
         Metrics {
+            replica_in_flight: per_replica(
+                "lb_replica_in_flight",
+                "Requests being forwarded to the replica",
+            ),
+            replica_latency: per_replica_f(
+                "lb_replica_latency_seconds",
+                "The replica's peak-EWMA response time",
+            ),
+            replica_error_rate: per_replica_f(
+                "lb_replica_error_rate",
+                "The replica's recent share of failed requests",
+            ),
+            replica_score: per_replica_f("lb_replica_score", "The replica's health score, 0..1"),
+            replica_reported_load: per_replica(
+                "lb_replica_reported_load",
+                "The load the replica reports on its heartbeat",
+            ),
+            replica_enabled: per_replica(
+                "lb_replica_enabled",
+                "1 unless an operator disabled the replica",
+            ),
+            replica_weight: per_replica("lb_replica_weight", "The weight the replica declares"),
+            policy: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("lb_policy", "1 for the policy in force"),
+                    &["policy"],
+                )
+                .expect("valid"),
+            ),
             requests: register(&r, requests),
             latency: register(&r, latency),
             retries: register(
@@ -118,7 +172,8 @@ impl Metrics {
 
     /// The text exposition, with the gauges read from `snap`.
     pub fn render(&self, snap: &Snapshot) -> String {
-        self.in_flight.set(snap.picker.in_flight() as i64);
+        let in_flight: usize = snap.picker.backends().map(|b| b.load()).sum();
+        self.in_flight.set(in_flight as i64);
         for (state, name) in [
             (ReplicaState::Starting, "starting"),
             (ReplicaState::Healthy, "healthy"),
@@ -128,11 +183,59 @@ impl Metrics {
             let n = snap.replicas.iter().filter(|r| r.state == state).count();
             self.replicas.with_label_values(&[name]).set(n as i64);
         }
+        self.render_replicas(snap);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding does not fail");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Metrics {
+    /// The per-replica gauges and the policy, rebuilt from `snap` so that replicas
+    /// gone since the last scrape leave no series behind.
+    fn render_replicas(&self, snap: &Snapshot) {
+        let now = Instant::now();
+        let ints = [
+            &self.replica_in_flight,
+            &self.replica_reported_load,
+            &self.replica_enabled,
+            &self.replica_weight,
+            &self.policy,
+        ];
+        ints.iter().for_each(|g| g.reset());
+        let floats = [
+            &self.replica_latency,
+            &self.replica_error_rate,
+            &self.replica_score,
+        ];
+        floats.iter().for_each(|g| g.reset());
+        for b in &snap.figures {
+            let l = [b.hostname.as_str()];
+            self.replica_in_flight
+                .with_label_values(&l)
+                .set(b.load() as i64);
+            self.replica_reported_load
+                .with_label_values(&l)
+                .set(i64::from(b.reported_load()));
+            self.replica_enabled
+                .with_label_values(&l)
+                .set(i64::from(b.enabled()));
+            self.replica_weight
+                .with_label_values(&l)
+                .set(i64::from(b.weight()));
+            self.replica_latency
+                .with_label_values(&l)
+                .set(b.latency(now).as_secs_f64());
+            self.replica_error_rate
+                .with_label_values(&l)
+                .set(b.error_rate(now));
+            self.replica_score.with_label_values(&l).set(b.score(now));
+        }
+        self.policy
+            .with_label_values(&[snap.settings.policy])
+            .set(1);
     }
 }
 
@@ -154,11 +257,13 @@ mod tests {
         c.response(204);
         c.response(503);
         c.error();
-        let policy = crate::policy::hash::HashPolicy::new(crate::ring::Ring::new(
+        let (_, snapshot, _) = crate::registry::Registry::new(
+            crate::registry::tests::settings(),
             crate::ring::Geometry::DEFAULT,
-            std::sync::Arc::new(crate::scheme::Quadratic),
-        ));
-        let text = m.render(&crate::registry::Registry::empty_snapshot(&policy));
+            std::sync::Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        let text = m.render(&snapshot.load());
         assert!(
             text.contains(r#"lb_requests_total{class="2xx",replica="Server1"} 2"#),
             "{text}"
@@ -167,5 +272,9 @@ mod tests {
         assert!(text.contains(r#"lb_requests_total{class="error",replica="Server1"} 1"#));
         assert!(text.contains("lb_in_flight_requests 0"));
         assert!(text.contains(r#"lb_replicas{state="healthy"} 0"#));
+        assert!(
+            text.contains(r#"lb_policy{policy="quadratic"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 pub use crate::backend::{Backend, ServerId};
+use crate::policy::settings::Settings;
 use crate::policy::Picker;
 
 /// A replica's lifecycle state, as `/status` shows it.
@@ -47,9 +48,20 @@ pub struct Snapshot {
     pub picker: Picker,
     /// Every managed replica, sorted by id.
     pub replicas: Vec<ReplicaStatus>,
+    /// The routing settings the picker was built for, and the hash key and hedging
+    /// that go with it.
+    pub settings: Arc<Settings>,
+    /// The live figures of every replica that has them (routable or disabled), in
+    /// id order: what `/status` and `/metrics` show.
+    pub figures: Vec<Arc<Backend>>,
 }
 
 impl Snapshot {
+    /// The live figures of the replica with this id, routable or disabled.
+    pub fn figures_of(&self, id: ServerId) -> Option<&Arc<Backend>> {
+        self.figures.iter().find(|b| b.id == id)
+    }
+
     /// The replicas' hostnames, as `/rep` lists them.
     pub fn hostnames(&self) -> Vec<String> {
         self.replicas.iter().map(|r| r.hostname.clone()).collect()

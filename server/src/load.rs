@@ -10,7 +10,7 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
 /// The longest delay a request or `/control` may ask for.
@@ -26,14 +26,27 @@ pub struct Load {
     fail_percent: AtomicU64,
 }
 
-/// The faults `/control` shows and sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The faults `/control` shows and sets (`None`: left as it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Faults {
     /// Added to every request's answer time, in ms.
     pub delay_ms: Option<u64>,
     /// The share of requests answered `500`, in percent.
     pub fail_percent: Option<u64>,
+}
+
+impl Faults {
+    /// Whether every field given is in range: apart from setting, so that `/control`
+    /// can check its other fields too before it changes anything.
+    pub fn check(&self) -> Result<(), String> {
+        if self.delay_ms.is_some_and(|d| d > MAX_DELAY_MS) {
+            return Err(format!("delay_ms must be from 0 to {MAX_DELAY_MS}"));
+        }
+        if self.fail_percent.is_some_and(|p| p > 100) {
+            return Err("fail_percent must be from 0 to 100".into());
+        }
+        Ok(())
+    }
 }
 
 /// One request counted in flight until dropped.
@@ -82,12 +95,7 @@ impl Load {
     /// Sets the faults given (the others stay), after checking all of them, so a
     /// bad field changes nothing.
     pub fn set_faults(&self, faults: Faults) -> Result<Faults, String> {
-        if faults.delay_ms.is_some_and(|d| d > MAX_DELAY_MS) {
-            return Err(format!("delay_ms must be from 0 to {MAX_DELAY_MS}"));
-        }
-        if faults.fail_percent.is_some_and(|p| p > 100) {
-            return Err("fail_percent must be from 0 to 100".into());
-        }
+        faults.check()?;
         if let Some(d) = faults.delay_ms {
             self.delay_ms.store(d, Ordering::Relaxed);
         }

@@ -1,11 +1,13 @@
 //! The replica: answers `/home` with its identity and `/heartbeat` with 200 (and its
-//! load), computes at `/compute`, takes injected faults at `/control`, and echoes what
-//! it received at `/echo` (for tests and demos). `routes` has the handlers, `load` the
-//! in-flight count and faults every request goes through.
+//! load, weight and capacities), computes at `/compute`, takes injected faults and a
+//! new weight or capacities at `/control`, and echoes what it received at `/echo` (for
+//! tests and demos). `routes` has the handlers, `load` the in-flight count and faults
+//! every request goes through, `declared` the weight and capacities it declares.
 //!
 //! `SERVER_ID` names it; `--listen` (env `LISTEN`) says where it serves. On SIGTERM it
 //! stops accepting, finishes the requests in flight and exits 0.
 
+mod declared;
 mod load;
 mod routes;
 
@@ -17,6 +19,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use clap::Parser;
 
+use declared::{Capacity, Declaration, Declared, Weight};
 use load::Load;
 use routes::Identity;
 
@@ -36,6 +39,14 @@ struct Args {
     /// The most requests in flight; past it, `503` and `X-Available: false`.
     #[arg(long, env = "MAX_CONCURRENT", value_parser = clap::value_parser!(u64).range(1..))]
     max_concurrent: Option<u64>,
+    /// Its share of the balancer's `weighted-round-robin`, from 1 to 100; sent as
+    /// `X-Weight` on every heartbeat.
+    #[arg(long, env = "WEIGHT", value_name = "N", default_value = "1")]
+    weight: Weight,
+    /// The resources it offers the balancer's `resource-fit`, as `name=number,...`
+    /// (e.g. `cpu=4,storage=2`; empty: none); sent as `X-Capacity` on heartbeats.
+    #[arg(long, env = "CAPACITY", value_name = "SPEC", default_value = "")]
+    capacity: Capacity,
 }
 
 #[actix_web::main]
@@ -47,11 +58,16 @@ async fn main() -> std::io::Result<()> {
     });
     let echoed = web::Data::new(AtomicU64::new(0));
     let load = web::Data::new(Load::new(args.max_concurrent.map(|m| m as usize)));
+    let declared = web::Data::new(Declared::new(Declaration {
+        weight: args.weight,
+        capacity: args.capacity,
+    }));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(identity.clone())
             .app_data(echoed.clone())
             .app_data(load.clone())
+            .app_data(declared.clone())
             .wrap(from_fn(load::apply))
             .configure(routes::routes)
     })

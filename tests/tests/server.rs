@@ -1,10 +1,13 @@
-//! The `server` binary on its own: compute, delays, injected faults and the load its
-//! heartbeat reports, which the balancer's policies and fault drills rely on.
+//! The `server` binary on its own: compute, delays, injected faults, and the load,
+//! weight and capacities its heartbeat reports, which the balancer's policies and fault
+//! drills rely on.
 
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e::{bin, poll, Service};
+use serde_json::json;
 
 fn server(extra: &[&str]) -> Service {
     let mut args = vec!["--listen", "127.0.0.1:0"];
@@ -72,7 +75,7 @@ fn injected_faults_apply_to_every_request_but_heartbeat_and_control() {
     let r = s.get("/control?set_delay_ms=0");
     assert_eq!(
         r.json()["message"],
-        serde_json::json!({"delay_ms": 0, "fail_percent": 0})
+        json!({"delay_ms": 0, "fail_percent": 0, "weight": 1, "capacity": ""})
     );
     s.get("/control?set_delay_ms=5000");
     let started = Instant::now();
@@ -99,4 +102,106 @@ fn past_max_concurrent_it_answers_503_and_its_heartbeat_says_unavailable() {
     let after = s.get("/heartbeat");
     assert_eq!(after.header("x-load"), Some("0"));
     assert_eq!(after.header("x-available"), Some("true"));
+}
+
+#[test]
+fn the_heartbeat_declares_the_weight_and_capacities_given_at_startup() {
+    let plain = server(&[]);
+    let h = plain.get("/heartbeat");
+    assert_eq!(h.header("x-weight"), Some("1"));
+    assert_eq!(h.header("x-capacity"), None);
+    let flagged = server(&["--weight", "5", "--capacity", "storage=2.0,cpu=4"]);
+    let h = flagged.get("/heartbeat");
+    assert_eq!(h.header("x-weight"), Some("5"));
+    assert_eq!(h.header("x-capacity"), Some("cpu=4,storage=2"));
+    let from_env = Service::start(
+        bin("server"),
+        &["--listen", "127.0.0.1:0"],
+        &[("WEIGHT", "100"), ("CAPACITY", "gpu=0.5")],
+    );
+    let h = from_env.get("/heartbeat");
+    assert_eq!(h.header("x-weight"), Some("100"));
+    assert_eq!(h.header("x-capacity"), Some("gpu=0.5"));
+}
+
+#[test]
+fn a_bad_weight_or_capacity_is_refused_at_startup() {
+    for (flag, bad, says) in [
+        ("--weight", "0", "from 1 to 100"),
+        ("--weight", "101", "from 1 to 100"),
+        ("--capacity", "cpu=0", "above 0"),
+        ("--capacity", "cpu=4,cpu=2", "twice"),
+        ("--capacity", "CPU=4", "resource name"),
+        ("--capacity", "cpu", "name=number"),
+    ] {
+        let out = Command::new(bin("server"))
+            .args(["--listen", "127.0.0.1:0", flag, bad])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {bad}: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains(says), "{stderr}");
+    }
+}
+
+#[test]
+fn control_changes_the_weight_and_capacities_the_heartbeat_declares() {
+    let s = server(&["--weight", "3", "--capacity", "cpu=2"]);
+    assert_eq!(
+        s.get("/control").json()["message"],
+        json!({"delay_ms": 0, "fail_percent": 0, "weight": 3, "capacity": "cpu=2"})
+    );
+    let r = s.send(
+        "POST",
+        "/control",
+        Some(r#"{"weight": 40, "capacity": "storage=8,cpu=0.5"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let shown =
+        json!({"delay_ms": 0, "fail_percent": 0, "weight": 40, "capacity": "cpu=0.5,storage=8"});
+    assert_eq!(r.json()["message"], shown);
+    assert_eq!(s.get("/control").json()["message"], shown);
+    let h = s.get("/heartbeat");
+    assert_eq!(h.header("x-weight"), Some("40"));
+    assert_eq!(h.header("x-capacity"), Some("cpu=0.5,storage=8"));
+    // One field alone changes only itself; an empty capacity declares none.
+    s.send("POST", "/control", Some(r#"{"weight": 7}"#));
+    assert_eq!(
+        s.get("/heartbeat").header("x-capacity"),
+        Some("cpu=0.5,storage=8")
+    );
+    let r = s.send("POST", "/control", Some(r#"{"capacity": ""}"#));
+    assert_eq!(r.json()["message"]["weight"], 7);
+    assert_eq!(r.json()["message"]["capacity"], "");
+    let h = s.get("/heartbeat");
+    assert_eq!(h.header("x-weight"), Some("7"));
+    assert_eq!(h.header("x-capacity"), None);
+}
+
+#[test]
+fn a_bad_control_body_is_refused_and_changes_nothing() {
+    let s = server(&["--weight", "3", "--capacity", "cpu=2"]);
+    let before = s.get("/control").json()["message"].clone();
+    for bad in [
+        r#"{"weight": 0}"#,
+        r#"{"weight": 101}"#,
+        r#"{"weight": 1.5}"#,
+        r#"{"capacity": "cpu=-1"}"#,
+        r#"{"capacity": "cpu=4,cpu=4"}"#,
+        r#"{"capacity": "cpu=4,"}"#,
+        r#"{"capacity": 4}"#,
+        r#"{"delay_ms": 100, "weight": 50, "capacity": "Cpu=1"}"#,
+        r#"{"delay_ms": 100, "capacity": "mem=1", "weight": 0}"#,
+        r#"{"weight": 50, "capacity": "mem=1", "fail_percent": 101}"#,
+        r#"{"weight": 50, "cpu": 4}"#,
+    ] {
+        let r = s.send("POST", "/control", Some(bad));
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        assert_eq!(r.json()["status"], "failure", "{bad}");
+        assert!(r.json()["message"].is_string(), "{bad}");
+    }
+    assert_eq!(s.get("/control").json()["message"], before);
+    let h = s.get("/heartbeat");
+    assert_eq!(h.header("x-weight"), Some("3"));
+    assert_eq!(h.header("x-capacity"), Some("cpu=2"));
 }

@@ -22,9 +22,10 @@ use super::http1::{self, Framing, HeadError, Peer, RequestInfo, MAX_HEADERS};
 use super::pool::{Pool, PoolSlot};
 use super::READ_CHUNK;
 use crate::api;
+use crate::backend::Resources;
 use crate::error::ApiError;
-use crate::hashkey::HashKey;
 use crate::metrics::Metrics;
+use crate::policy::Ask;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 
 /// How long an admin call may take, queued behind others included.
@@ -33,7 +34,6 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(600);
 /// Forwarding settings shared by every worker.
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
-    pub hash_key: HashKey,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     /// How long an idle keep-alive client connection is kept open, and how long a
@@ -103,6 +103,8 @@ struct Buffers {
     idle: Duration,
     /// The connection closes with part of a request body unread: see [`linger`].
     unread_body: bool,
+    /// The current request's `X-Demand`, when the policy reads it.
+    demand: Option<Resources>,
 }
 
 impl Buffers {
@@ -168,6 +170,7 @@ pub async fn serve(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) 
         started: now,
         idle: worker.config.idle_timeout,
         unread_body: false,
+        demand: None,
     };
     let mut first = true;
     loop {
@@ -316,8 +319,13 @@ fn prepare(worker: &Worker, peer: &Peer, b: &mut Buffers) -> Result<Option<Prepa
     }
     let snap = worker.snapshot.load_full();
     // Computing a key costs (a random draw, a header or cookie scan): only when the
-    // policy reads it.
-    let key = snap.picker.needs_key().then_some(&worker.config.hash_key);
+    // policy reads it. The same goes for a demand.
+    let key = snap.picker.needs_key().then_some(&snap.settings.hash_key);
+    b.demand = if snap.picker.needs_demand() {
+        demand(&req)
+    } else {
+        None
+    };
     let info = http1::rewrite_request(&req, peer, key, &mut b.request_head)?;
     let path = crate::hashkey::KeySource::path(&req);
     let route = if !api::is_admin(req.method, path) {
@@ -341,7 +349,17 @@ fn prepare(worker: &Worker, peer: &Peer, b: &mut Buffers) -> Result<Option<Prepa
     Ok(Some((info, route, snap)))
 }
 
-/// Sends a request to the ring's candidates in turn until one answers.
+/// A request's `X-Demand`, if it has a well-formed one.
+fn demand(req: &http1::Request<'_, '_>) -> Option<Resources> {
+    let value = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("x-demand"))?
+        .value;
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Sends a request to the policy's candidates in turn until one answers.
 /// Returns whether the client connection stays open.
 async fn forward(
     worker: &Worker,
@@ -356,7 +374,18 @@ async fn forward(
     }
     let metrics = &worker.metrics;
     let mut last_error = None;
-    for (attempt, backend) in snap.picker.candidates(info.request_id).enumerate() {
+    let ask = Ask {
+        key: info.request_id,
+        // Random bits cost a little: only load-aware policies read them.
+        draw: if snap.picker.needs_key() {
+            0
+        } else {
+            rand::random()
+        },
+        now: b.started.into_std(),
+        demand: b.demand.as_ref(),
+    };
+    for (attempt, backend) in snap.picker.candidates(&ask).enumerate() {
         if attempt > 0 {
             metrics.retries.inc();
         }
@@ -370,9 +399,10 @@ async fn forward(
             Ok((status, keep_alive)) => {
                 // A tunnel's lifetime is not a response time.
                 if status != 101 {
-                    let took = b.started.elapsed();
+                    let now = Instant::now();
+                    let took = now - b.started;
                     metrics.latency.observe(took.as_secs_f64());
-                    backend.observe_latency(took);
+                    backend.observe_response(status, took, now.into_std());
                 }
                 backend.counters.response(status);
                 backend.clear_failures();
@@ -389,6 +419,8 @@ async fn forward(
                     _ => unreachable!("matched above"),
                 };
                 backend.counters.error();
+                let now = Instant::now();
+                backend.observe_failure(now - b.started, false, now.into_std());
                 if backend.record_failure() {
                     metrics.ejections.inc();
                     log::warn!("{} ejected after failed requests", backend.hostname);
@@ -401,6 +433,8 @@ async fn forward(
             }
             Err(Failure::Timeout) => {
                 backend.counters.error();
+                let now = Instant::now();
+                backend.observe_failure(now - b.started, true, now.into_std());
                 return reply_error(client, b, info, ApiError::GatewayTimeout).await;
             }
             Err(Failure::BadBody(e)) => return reply_error(client, b, info, bad_body(e)).await,

@@ -1,5 +1,6 @@
 //! Key-affine policies: the ring with its hash schemes (quadratic, mixed, Maglev,
-//! rendezvous), with bounded loads when `--balance-factor` is set.
+//! rendezvous), with bounded loads when `--balance-factor` is set and slow start
+//! when `--slow-start` is.
 //!
 //! The policy owns the [`Ring`]: replicas are placed when they join and keep their
 //! slots while down, so a respawned replica lands where it was. Each picker is an
@@ -8,8 +9,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::{Picker, Policy};
+use super::{warm_enough, Picker, Policy};
 use crate::backend::{Backend, ServerId};
 use crate::ring::{Ring, RingError, Table};
 
@@ -17,12 +19,14 @@ use crate::ring::{Ring, RingError, Table};
 #[derive(Debug)]
 pub struct HashPolicy {
     ring: Ring,
+    slow_start: Option<Duration>,
 }
 
 impl HashPolicy {
-    /// The policy of `ring`'s scheme (and bound).
-    pub fn new(ring: Ring) -> Self {
-        HashPolicy { ring }
+    /// The policy of `ring`'s scheme (and bound), ramping newcomers up over
+    /// `slow_start`.
+    pub fn new(ring: Ring, slow_start: Option<Duration>) -> Self {
+        HashPolicy { ring, slow_start }
     }
 }
 
@@ -48,7 +52,11 @@ impl Policy for HashPolicy {
         let table = self
             .ring
             .table(|id| backends.get(id as usize).is_some_and(Option::is_some));
-        Picker::Hash(HashPicker { table, backends })
+        Picker::Hash(HashPicker {
+            table,
+            backends,
+            slow_start: self.slow_start,
+        })
     }
 }
 
@@ -70,6 +78,7 @@ pub struct HashPicker {
     table: Table,
     /// Indexed by server id; only routable replicas are present.
     backends: Vec<Option<Arc<Backend>>>,
+    slow_start: Option<Duration>,
 }
 
 impl HashPicker {
@@ -78,17 +87,23 @@ impl HashPicker {
         self.backends.get(id as usize).and_then(Option::as_ref)
     }
 
+    /// Every routable backend, in id order.
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.backends.iter().flatten()
+    }
+
     /// Whether no replica may take traffic.
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
 
     /// The backends to try for `key`, in ring order with three tiers: those that
-    /// can be a first choice and are within the bound of bounded loads; those over
-    /// the bound; then ejected or unavailable ones (trying one beats refusing when
-    /// all are). A disabled backend is never tried. With bounded loads off, every
-    /// selectable backend is within.
-    pub fn candidates(&self, key: u64) -> impl Iterator<Item = &Arc<Backend>> + '_ {
+    /// can be a first choice, are within the bound of bounded loads and warm enough
+    /// for this key; those over the bound or still warming; then ejected or
+    /// unavailable ones (trying one beats refusing when all are). A disabled backend
+    /// is never tried. With bounded loads and slow start off, every selectable
+    /// backend is in the first tier.
+    pub fn candidates(&self, key: u64, now: Instant) -> impl Iterator<Item = &Arc<Backend>> + '_ {
         let all = self
             .table
             .candidates(key)
@@ -99,8 +114,11 @@ impl HashPicker {
             .table
             .bound()
             .map(|b| b.cap(self.in_flight(), self.table.servers()));
+        let slow_start = self.slow_start;
         let within = move |b: &&Arc<Backend>| {
-            b.selectable() && cap.is_none_or(|c| b.in_flight.load(Ordering::Relaxed) < c)
+            b.selectable()
+                && cap.is_none_or(|c| b.in_flight.load(Ordering::Relaxed) < c)
+                && warm_enough(b, key, now, slow_start)
         };
         let over = move |b: &&Arc<Backend>| b.selectable() && !within(b);
         let live = all.clone().filter(within);
@@ -109,7 +127,7 @@ impl HashPicker {
     }
 
     /// Requests in flight over every routable backend: the `total` of bounded loads.
-    pub fn in_flight(&self) -> usize {
+    fn in_flight(&self) -> usize {
         self.backends.iter().flatten().map(|b| b.load()).sum()
     }
 }
@@ -118,7 +136,7 @@ impl HashPicker {
 mod tests {
     use super::*;
     use crate::backend::EJECT_AFTER_FAILURES;
-    use crate::metrics::Metrics;
+    use crate::policy::testing::{backends, old_backend};
     use crate::ring::Geometry;
     use crate::scheme::bounded::Bound;
 
@@ -131,30 +149,21 @@ mod tests {
             crate::scheme::by_name("quadratic").unwrap(),
         )
         .with_bound(bound.and_then(Bound::new));
-        let mut p = HashPolicy::new(ring);
+        let mut p = HashPolicy::new(ring, None);
         for id in ids {
             p.join(*id).unwrap();
         }
         p
     }
 
-    fn backends(ids: &[ServerId]) -> Vec<Arc<Backend>> {
-        let metrics = Metrics::new();
-        ids.iter()
-            .map(|id| {
-                let name = format!("S{id}");
-                Arc::new(Backend::new(
-                    *id,
-                    name.clone(),
-                    name.clone(),
-                    metrics.replica(&name),
-                ))
-            })
-            .collect()
-    }
-
     fn order(picker: &Picker, key: u64) -> Vec<ServerId> {
-        picker.candidates(key).map(|b| b.id).collect()
+        let ask = crate::policy::Ask {
+            key,
+            draw: 0,
+            now: Instant::now(),
+            demand: None,
+        };
+        picker.candidates(&ask).map(|b| b.id).collect()
     }
 
     #[test]
@@ -229,5 +238,45 @@ mod tests {
             p.join(p.capacity() as ServerId + 1),
             Err(RingError::Full { .. })
         ));
+    }
+
+    #[test]
+    fn with_slow_start_a_new_replica_gets_a_growing_share_of_its_own_keys() {
+        let ring = Ring::new(
+            Geometry::DEFAULT,
+            crate::scheme::by_name("quadratic").unwrap(),
+        );
+        let mut p = HashPolicy::new(ring, Some(Duration::from_secs(100)));
+        for id in [1, 2, 3] {
+            p.join(id).unwrap();
+        }
+        let new = backends(&[3]).remove(0);
+        let born = new.healthy_since;
+        let set = vec![old_backend(1), old_backend(2), new];
+        let picker = p.picker(set);
+        let Picker::Hash(h) = &picker else {
+            unreachable!()
+        };
+        let share_of_3 = |secs: u64| {
+            let now = born + Duration::from_secs(secs);
+            let owned: Vec<u64> = (0..20_000u64)
+                .filter(|k| h.table.owner(*k) == Some(3))
+                .collect();
+            let kept = owned
+                .iter()
+                .filter(|k| h.candidates(**k, now).next().unwrap().id == 3)
+                .count();
+            kept as f64 / owned.len() as f64
+        };
+        assert!(share_of_3(1) < 0.05);
+        assert!((share_of_3(50) - 0.5).abs() < 0.05, "{}", share_of_3(50));
+        assert_eq!(share_of_3(100), 1.0);
+        // A key that has moved to it stays there as it warms further.
+        let now = |s| born + Duration::from_secs(s);
+        for key in (0..20_000u64).filter(|k| h.table.owner(*k) == Some(3)) {
+            if h.candidates(key, now(30)).next().unwrap().id == 3 {
+                assert_eq!(h.candidates(key, now(60)).next().unwrap().id, 3);
+            }
+        }
     }
 }

@@ -10,17 +10,26 @@
 //! Today's sources: [`managed`], the replicas a provisioner runs (and, over the
 //! `static` provisioner, fixed backends), with `/add`, `/rm` and self-healing.
 //! Backends that register themselves or come from etcd are further sources.
+//!
+//! It also owns the routing settings: `PUT /policy` reaches it as a [`Command`],
+//! and the new policy is placed over the current members and published before the
+//! answer goes out. Requests in flight keep the snapshot they started with.
 
 pub mod managed;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use futures_util::stream::{BoxStream, SelectAll, StreamExt};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::{Backend, ServerId};
+use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::policy::Policy;
+use crate::policy::settings::{Settings, SettingsError};
+use crate::policy::{self, Policy, UnknownPolicy};
+use crate::ring::Geometry;
 use crate::snapshot::{ReplicaState, ReplicaStatus, SharedSnapshot, Snapshot};
 
 /// A backend as its source describes it.
@@ -67,47 +76,133 @@ pub trait Source: Send {
     fn changes(self: Box<Self>) -> BoxStream<'static, Batch>;
 }
 
+/// What the registry is asked to do besides applying its sources' changes.
+pub enum Command {
+    /// `PUT /policy`: apply `body` to the routing settings, or say why not.
+    UpdatePolicy {
+        body: serde_json::Value,
+        reply: oneshot::Sender<Result<Settings, SettingsError>>,
+    },
+}
+
+/// How the API reaches the registry.
+#[derive(Debug, Clone)]
+pub struct RegistryHandle(mpsc::UnboundedSender<Command>);
+
+impl RegistryHandle {
+    /// Applies a `PUT /policy` body; answers once requests see the new settings.
+    pub async fn update_policy(&self, body: serde_json::Value) -> Result<Settings, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let stopping = || ApiError::Unavailable("The balancer is shutting down".into());
+        self.0
+            .send(Command::UpdatePolicy { body, reply })
+            .map_err(|_| stopping())?;
+        let settings = answer.await.map_err(|_| stopping())?;
+        settings.map_err(|e| ApiError::bad(e.to_string()))
+    }
+}
+
 /// The actor. Create with [`Registry::new`], then [`Registry::run`] it.
 pub struct Registry {
     policy: Box<dyn Policy>,
+    settings: Arc<Settings>,
+    geometry: Geometry,
     members: BTreeMap<ServerId, Member>,
     snapshot: SharedSnapshot,
     metrics: Arc<Metrics>,
+    commands: mpsc::UnboundedReceiver<Command>,
 }
 
 impl Registry {
-    /// A registry that publishes into `snapshot`, choosing by `policy`.
-    pub fn new(policy: Box<dyn Policy>, snapshot: SharedSnapshot, metrics: Arc<Metrics>) -> Self {
-        Registry {
-            policy,
-            members: BTreeMap::new(),
-            snapshot,
-            metrics,
-        }
-    }
-
-    /// An empty snapshot to start a [`SharedSnapshot`] with.
-    pub fn empty_snapshot(policy: &dyn Policy) -> Snapshot {
-        Snapshot {
+    /// A registry routing by `settings` over a ring of `geometry`, with the
+    /// snapshot it publishes into (empty until its sources speak) and its handle.
+    pub fn new(
+        settings: Settings,
+        geometry: Geometry,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, SharedSnapshot, RegistryHandle), UnknownPolicy> {
+        let policy = policy::build(settings.policy, settings.tuning(geometry))?;
+        let settings = Arc::new(settings);
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
             picker: policy.picker(Vec::new()),
             replicas: Vec::new(),
-        }
+            settings: settings.clone(),
+            figures: Vec::new(),
+        }));
+        let (tx, commands) = mpsc::unbounded_channel();
+        let registry = Registry {
+            policy,
+            settings,
+            geometry,
+            members: BTreeMap::new(),
+            snapshot: snapshot.clone(),
+            metrics,
+            commands,
+        };
+        Ok((registry, snapshot, RegistryHandle(tx)))
     }
 
-    /// Applies the sources' changes until all of them have ended.
+    /// The most replicas the policy can place.
+    pub fn capacity(&self) -> usize {
+        self.policy.capacity()
+    }
+
+    /// Applies the sources' changes and the commands until every source has ended.
     pub async fn run(mut self, sources: Vec<Box<dyn Source>>) {
         let mut changes: SelectAll<BoxStream<'static, Batch>> = SelectAll::new();
         for source in sources {
             log::debug!("registry: source {}", source.name());
             changes.push(source.changes());
         }
-        while let Some(batch) = changes.next().await {
-            self.apply(batch.changes);
-            self.publish();
-            if let Some(then) = batch.then {
-                then();
+        loop {
+            tokio::select! {
+                batch = changes.next() => {
+                    let Some(batch) = batch else { break };
+                    self.apply(batch.changes);
+                    self.publish();
+                    if let Some(then) = batch.then {
+                        then();
+                    }
+                }
+                Some(command) = self.commands.recv() => self.on_command(command),
             }
         }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::UpdatePolicy { body, reply } => {
+                let result = self.update_policy(&body);
+                if result.is_ok() {
+                    self.publish();
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// Builds the policy the new settings name, places every member on it, and only
+    /// then swaps it in: a refusal leaves everything as it was.
+    fn update_policy(&mut self, body: &serde_json::Value) -> Result<Settings, SettingsError> {
+        let new = self.settings.updated(body)?;
+        let rebuild = (new.policy, new.balance_factor, new.slow_start)
+            != (
+                self.settings.policy,
+                self.settings.balance_factor,
+                self.settings.slow_start,
+            );
+        if rebuild {
+            let invalid = |e: String| SettingsError::Invalid(e);
+            let mut policy = policy::build(new.policy, new.tuning(self.geometry))
+                .map_err(|e| invalid(e.to_string()))?;
+            for id in self.members.keys() {
+                policy.join(*id).map_err(|e| invalid(e.to_string()))?;
+            }
+            self.policy = policy;
+        }
+        log::info!("routing by {} with {}", self.policy.name(), new.view());
+        self.settings = Arc::new(new.clone());
+        Ok(new)
     }
 
     fn apply(&mut self, changes: Vec<Change>) {
@@ -159,19 +254,23 @@ impl Registry {
         self.snapshot.store(Arc::new(Snapshot {
             picker: self.policy.picker(routable),
             replicas,
+            settings: self.settings.clone(),
+            figures: self
+                .members
+                .values()
+                .filter_map(|m| m.backend.clone())
+                .collect(),
         }));
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use arc_swap::ArcSwap;
-
     use super::*;
-    use crate::policy::hash::HashPolicy;
-    use crate::ring::{Geometry, Ring};
+    use crate::hashkey::HashKey;
+    use crate::policy::settings::DEFAULT_HEDGE_BUDGET;
 
     /// A source that says a fixed list of batches, then ends.
     struct Fixed(Vec<Batch>);
@@ -215,21 +314,37 @@ mod tests {
         }
     }
 
+    pub(crate) fn settings() -> Settings {
+        Settings {
+            policy: "quadratic",
+            hash_key: HashKey::Random,
+            balance_factor: None,
+            slow_start: None,
+            hedge: None,
+            hedge_budget: DEFAULT_HEDGE_BUDGET,
+        }
+    }
+
     fn registry() -> (Registry, SharedSnapshot) {
-        let ring = Ring::new(
-            Geometry::DEFAULT,
-            crate::scheme::by_name("quadratic").unwrap(),
-        );
-        let policy = Box::new(HashPolicy::new(ring));
-        let snapshot = Arc::new(ArcSwap::from_pointee(Registry::empty_snapshot(&*policy)));
-        let registry = Registry::new(policy, snapshot.clone(), Arc::new(Metrics::new()));
+        let (registry, snapshot, _) =
+            Registry::new(settings(), Geometry::DEFAULT, Arc::new(Metrics::new())).unwrap();
         (registry, snapshot)
+    }
+
+    fn first(snap: &Snapshot, key: u64) -> Option<ServerId> {
+        let ask = crate::policy::Ask {
+            key,
+            draw: key,
+            now: std::time::Instant::now(),
+            demand: None,
+        };
+        snap.picker.candidates(&ask).next().map(|b| b.id)
     }
 
     fn routed(snapshot: &SharedSnapshot) -> Vec<ServerId> {
         let snap = snapshot.load();
         (0..2000u64)
-            .filter_map(|key| snap.picker.candidates(key).next().map(|b| b.id))
+            .filter_map(|key| first(&snap, key))
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect()
@@ -277,9 +392,7 @@ mod tests {
         registry.publish();
         let owners = |s: &SharedSnapshot| -> Vec<ServerId> {
             let snap = s.load();
-            (0..500u64)
-                .map(|k| snap.picker.candidates(k).next().unwrap().id)
-                .collect()
+            (0..500u64).map(|k| first(&snap, k).unwrap()).collect()
         };
         let before = owners(&snapshot);
         registry.apply(vec![Change::Remove(2)]);
@@ -332,5 +445,50 @@ mod tests {
         ))])]);
         registry.run(vec![Box::new(one), Box::new(two)]).await;
         assert_eq!(routed(&snapshot), [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_new_policy_routes_over_the_same_members_and_keeps_their_places() {
+        let m = Metrics::new();
+        let (mut registry, snapshot) = registry();
+        let up = |id| Change::Upsert(member(id, ReplicaState::Healthy, &m));
+        registry.apply(vec![up(1), up(2), up(3)]);
+        registry.publish();
+        let owners = |s: &SharedSnapshot| -> Vec<Option<ServerId>> {
+            let snap = s.load();
+            (0..300u64).map(|k| first(&snap, k)).collect()
+        };
+        let hashed = owners(&snapshot);
+        let settings = registry
+            .update_policy(&serde_json::json!({"policy": "round-robin"}))
+            .unwrap();
+        registry.publish();
+        assert_eq!(settings.policy, "round-robin");
+        assert_eq!(snapshot.load().settings.policy, "round-robin");
+        assert!(!snapshot.load().picker.needs_key());
+        let turns = owners(&snapshot);
+        for id in 1..=3 {
+            assert_eq!(turns.iter().filter(|o| **o == Some(id)).count(), 100);
+        }
+        registry
+            .update_policy(&serde_json::json!({"policy": "quadratic"}))
+            .unwrap();
+        registry.publish();
+        assert_eq!(owners(&snapshot), hashed);
+    }
+
+    #[tokio::test]
+    async fn a_refused_update_changes_nothing() {
+        let m = Metrics::new();
+        let (mut registry, snapshot) = registry();
+        registry.apply(vec![Change::Upsert(member(1, ReplicaState::Healthy, &m))]);
+        registry.publish();
+        let before = snapshot.load_full();
+        let err = registry
+            .update_policy(&serde_json::json!({"policy": "random", "hedge": "never"}))
+            .unwrap_err();
+        assert!(err.to_string().contains("hedge"));
+        assert_eq!(registry.settings.policy, "quadratic");
+        assert!(Arc::ptr_eq(&before, &snapshot.load_full()));
     }
 }

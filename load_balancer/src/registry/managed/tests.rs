@@ -4,7 +4,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 // The test's clock, paused: backoff sleeps pass at once and are measured exactly.
@@ -12,10 +11,9 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::health::Health;
-use crate::policy::hash::HashPolicy;
 use crate::provisioner::{EventSender, ProvisionError};
 use crate::registry::Registry;
-use crate::ring::{Geometry, Ring};
+use crate::ring::Geometry;
 use crate::snapshot::{ReplicaStatus, SharedSnapshot};
 
 /// A provisioner that records what it is asked. A hostname can be held at its start
@@ -97,8 +95,8 @@ struct AlwaysUp;
 
 #[async_trait]
 impl Health for AlwaysUp {
-    async fn check(&self, _address: &str) -> bool {
-        true
+    async fn check(&self, _address: &str) -> Option<crate::health::Heartbeat> {
+        Some(Default::default())
     }
 }
 
@@ -109,17 +107,13 @@ struct Harness {
 }
 
 fn start(provisioner: Arc<FakeProvisioner>, replicas: usize) -> Harness {
-    let scheme = crate::scheme::by_name("quadratic").unwrap();
-    let ring = Ring::new(
-        Geometry {
-            slots: 512,
-            virtual_nodes: 9,
-        },
-        scheme,
-    );
-    let policy = Box::new(HashPolicy::new(ring));
-    let snapshot = Arc::new(ArcSwap::from_pointee(Registry::empty_snapshot(&*policy)));
     let metrics = Arc::new(Metrics::new());
+    let (registry, snapshot, _) = Registry::new(
+        crate::registry::tests::settings(),
+        Geometry::DEFAULT,
+        metrics.clone(),
+    )
+    .unwrap();
     let managed = Managed::new(
         provisioner.clone(),
         Arc::new(AlwaysUp),
@@ -134,7 +128,6 @@ fn start(provisioner: Arc<FakeProvisioner>, replicas: usize) -> Harness {
     let (events, events_rx) = mpsc::unbounded_channel();
     let (_unhealthy, unhealthy_rx) = mpsc::unbounded_channel();
     let (handle, source, _task) = managed.spawn(events_rx, unhealthy_rx);
-    let registry = Registry::new(policy, snapshot.clone(), metrics);
     tokio::spawn(registry.run(vec![Box::new(source)]));
     Harness {
         snapshot,
