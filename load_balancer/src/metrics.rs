@@ -27,6 +27,12 @@ pub struct Metrics {
     pub respawns: IntCounter,
     /// Times a new routing table was published.
     pub ring_changes: IntCounter,
+    /// Requests also sent to a second replica (hedged).
+    pub hedges: IntCounter,
+    /// Hedged requests the second replica answered first.
+    pub hedge_wins: IntCounter,
+    /// Hedges not sent because the budget was spent.
+    pub hedges_refused: IntCounter,
     in_flight: IntGauge,
     replicas: IntGaugeVec,
     /// Per replica, read from its live figures when scraped.
@@ -151,6 +157,24 @@ impl Metrics {
             ring_changes: register(
                 &r,
                 counter("lb_ring_changes_total", "Routing tables published"),
+            ),
+            hedges: register(
+                &r,
+                counter("lb_hedges_total", "Requests also sent to a second replica"),
+            ),
+            hedge_wins: register(
+                &r,
+                counter(
+                    "lb_hedge_wins_total",
+                    "Hedged requests the second replica answered first",
+                ),
+            ),
+            hedges_refused: register(
+                &r,
+                counter(
+                    "lb_hedges_refused_total",
+                    "Hedges not sent because the budget was spent",
+                ),
             ),
             in_flight: register(
                 &r,

@@ -18,13 +18,16 @@ use tokio::time::Instant;
 
 use super::body::{copy_body, CopyError, Pace};
 use super::deadline::Deadline;
+use super::hedge::{self, Hedging};
 use super::http1::{self, Framing, HeadError, Peer, RequestInfo, MAX_HEADERS};
 use super::pool::{Pool, PoolSlot};
 use super::READ_CHUNK;
 use crate::api;
+use crate::backend::Backend;
 use crate::backend::Resources;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::policy::settings::Hedge;
 use crate::policy::Ask;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 
@@ -64,7 +67,9 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
     /// Idle upstream connections.
-    pool: Pool,
+    pub(super) pool: Pool,
+    /// This thread's hedging budget and recent response times.
+    pub(super) hedging: Hedging,
 }
 
 impl Worker {
@@ -81,6 +86,7 @@ impl Worker {
             metrics,
             shutdown,
             pool: Pool::default(),
+            hedging: Hedging::default(),
         }
     }
 }
@@ -126,7 +132,7 @@ impl Buffers {
 }
 
 /// Why an exchange with one upstream ended without a response.
-enum Failure {
+pub(super) enum Failure {
     /// Nothing reached the client; the next candidate may be tried if the request
     /// allows it.
     Upstream(String),
@@ -359,7 +365,8 @@ fn demand(req: &http1::Request<'_, '_>) -> Option<Resources> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-/// Sends a request to the policy's candidates in turn until one answers.
+/// Sends a request to the policy's candidates in turn until one answers, racing the
+/// first two when the request may be hedged.
 /// Returns whether the client connection stays open.
 async fn forward(
     worker: &Worker,
@@ -372,7 +379,6 @@ async fn forward(
         let err = ApiError::Unavailable("No replica is available".into());
         return reply_error(client, b, info, err).await;
     }
-    let metrics = &worker.metrics;
     let mut last_error = None;
     let ask = Ask {
         key: info.request_id,
@@ -385,62 +391,179 @@ async fn forward(
         now: b.started.into_std(),
         demand: b.demand.as_ref(),
     };
-    for (attempt, backend) in snap.picker.candidates(&ask).enumerate() {
-        if attempt > 0 {
-            metrics.retries.inc();
-        }
-        let _in_flight = backend.track();
-        let to = Target {
-            slot: PoolSlot::replica(backend.id),
-            address: &backend.address,
-            served_by: Some(&backend.hostname),
-        };
-        match exchange(worker, client, b, info, to).await {
-            Ok((status, keep_alive)) => {
-                // A tunnel's lifetime is not a response time.
-                if status != 101 {
-                    let now = Instant::now();
-                    let took = now - b.started;
-                    metrics.latency.observe(took.as_secs_f64());
-                    backend.observe_response(status, took, now.into_std());
-                }
-                backend.counters.response(status);
-                backend.clear_failures();
-                if status == 404 {
-                    let err = ApiError::UnknownEndpoint(b.path.clone());
-                    return reply_error(client, b, info, err).await && keep_alive;
-                }
-                return keep_alive;
-            }
-            Err(failure @ (Failure::Upstream(_) | Failure::Connect(_))) => {
-                let (e, sent) = match failure {
-                    Failure::Connect(e) => (format!("connect: {e}"), false),
-                    Failure::Upstream(e) => (e, true),
-                    _ => unreachable!("matched above"),
+    let mut candidates = snap.picker.candidates(&ask).peekable();
+    let mut tried = 0;
+    if let Some(delay) = hedge_delay(worker, snap, info) {
+        if let Some(first) = candidates.next() {
+            tried += 1;
+            let finished = hedge::race(
+                worker,
+                first,
+                &mut candidates,
+                &b.request_head,
+                info,
+                b.started,
+                delay,
+            )
+            .await;
+            for (backend, result) in finished {
+                let result = match result {
+                    Ok(head) => relay_head(worker, client, b, info, backend, head).await,
+                    Err(f) => Err(f),
                 };
-                backend.counters.error();
-                let now = Instant::now();
-                backend.observe_failure(now - b.started, false, now.into_std());
-                if backend.record_failure() {
-                    metrics.ejections.inc();
-                    log::warn!("{} ejected after failed requests", backend.hostname);
-                }
-                log::debug!("{} failed: {e}", backend.hostname);
-                last_error = Some(format!("{}: {e}", backend.hostname));
-                if sent && !info.retryable {
-                    break;
+                match settle(worker, snap, client, b, info, backend, result).await {
+                    Settled::Answered(keep_alive) => return keep_alive,
+                    Settled::TryNext(e) => last_error = Some(e),
+                    Settled::GiveUp(e) => return give_up(client, b, info, Some(e)).await,
                 }
             }
-            Err(Failure::Timeout) => {
-                backend.counters.error();
-                let now = Instant::now();
-                backend.observe_failure(now - b.started, true, now.into_std());
-                return reply_error(client, b, info, ApiError::GatewayTimeout).await;
-            }
-            Err(Failure::BadBody(e)) => return reply_error(client, b, info, bad_body(e)).await,
-            Err(Failure::Client | Failure::Midway) => return false,
         }
     }
+    for backend in candidates {
+        if tried > 0 {
+            worker.metrics.retries.inc();
+        }
+        tried += 1;
+        let result = {
+            let _in_flight = backend.track();
+            exchange(worker, client, b, info, hedge::target(backend)).await
+        };
+        match settle(worker, snap, client, b, info, backend, result).await {
+            Settled::Answered(keep_alive) => return keep_alive,
+            Settled::TryNext(e) => last_error = Some(e),
+            Settled::GiveUp(e) => {
+                last_error = Some(e);
+                break;
+            }
+        }
+    }
+    give_up(client, b, info, last_error).await
+}
+
+/// How long to wait before hedging this request, if it may be hedged: idempotent,
+/// no body, no upgrade, hedging on, and (for a percentile) enough samples.
+fn hedge_delay(worker: &Worker, snap: &Snapshot, info: &RequestInfo) -> Option<Duration> {
+    let hedge = snap.settings.hedge?;
+    if !info.retryable || info.upgrade || info.framing != Framing::Empty {
+        return None;
+    }
+    worker.hedging.earn(snap.settings.hedge_budget);
+    worker.hedging.delay(hedge)
+}
+
+/// Relays the response whose head a hedged attempt read.
+async fn relay_head(
+    worker: &Worker,
+    client: &mut TcpStream,
+    b: &mut Buffers,
+    info: &RequestInfo,
+    backend: &Backend,
+    head: hedge::Head,
+) -> Result<(u16, bool), Failure> {
+    let hedge::Head {
+        upstream,
+        mut input,
+        head,
+        res,
+    } = head;
+    std::mem::swap(&mut b.upstream_in, &mut input);
+    b.response_head = head;
+    // The head is already consumed from `input`: relay starts past it.
+    let res = http1::ResponseInfo { head_len: 0, ..res };
+    relay(
+        worker,
+        client,
+        upstream,
+        b,
+        info,
+        hedge::target(backend),
+        res,
+    )
+    .await
+}
+
+/// What one attempt's outcome means for the request.
+enum Settled {
+    /// The client has its answer; whether its connection stays open.
+    Answered(bool),
+    /// The replica failed before answering (why): the next candidate may try.
+    TryNext(String),
+    /// The replica failed after the request went out and it cannot be sent again.
+    GiveUp(String),
+}
+
+/// Records one attempt's outcome in its backend's figures and the metrics, and
+/// answers the client when the outcome is final.
+async fn settle(
+    worker: &Worker,
+    snap: &Snapshot,
+    client: &mut TcpStream,
+    b: &mut Buffers,
+    info: &RequestInfo,
+    backend: &Backend,
+    result: Result<(u16, bool), Failure>,
+) -> Settled {
+    let metrics = &worker.metrics;
+    let now = Instant::now();
+    let took = now - b.started;
+    match result {
+        Ok((status, keep_alive)) => {
+            // A tunnel's lifetime is not a response time.
+            if status != 101 {
+                metrics.latency.observe(took.as_secs_f64());
+                backend.observe_response(status, took, now.into_std());
+                if matches!(snap.settings.hedge, Some(Hedge::Percentile(_))) {
+                    worker.hedging.record(took);
+                }
+            }
+            backend.counters.response(status);
+            backend.clear_failures();
+            if status == 404 {
+                let err = ApiError::UnknownEndpoint(b.path.clone());
+                return Settled::Answered(reply_error(client, b, info, err).await && keep_alive);
+            }
+            Settled::Answered(keep_alive)
+        }
+        Err(failure @ (Failure::Upstream(_) | Failure::Connect(_))) => {
+            let (e, sent) = match failure {
+                Failure::Connect(e) => (format!("connect: {e}"), false),
+                Failure::Upstream(e) => (e, true),
+                _ => unreachable!("matched above"),
+            };
+            backend.counters.error();
+            backend.observe_failure(took, false, now.into_std());
+            if backend.record_failure() {
+                metrics.ejections.inc();
+                log::warn!("{} ejected after failed requests", backend.hostname);
+            }
+            log::debug!("{} failed: {e}", backend.hostname);
+            let error = format!("{}: {e}", backend.hostname);
+            if sent && !info.retryable {
+                Settled::GiveUp(error)
+            } else {
+                Settled::TryNext(error)
+            }
+        }
+        Err(Failure::Timeout) => {
+            backend.counters.error();
+            backend.observe_failure(took, true, now.into_std());
+            let answered = reply_error(client, b, info, ApiError::GatewayTimeout).await;
+            Settled::Answered(answered)
+        }
+        Err(Failure::BadBody(e)) => {
+            Settled::Answered(reply_error(client, b, info, bad_body(e)).await)
+        }
+        Err(Failure::Client | Failure::Midway) => Settled::Answered(false),
+    }
+}
+
+/// The `502` when no candidate answered.
+async fn give_up(
+    client: &mut TcpStream,
+    b: &mut Buffers,
+    info: &RequestInfo,
+    last_error: Option<String>,
+) -> bool {
     let last_error = last_error.unwrap_or_else(|| "no candidate".into());
     reply_error(client, b, info, ApiError::BadGateway(last_error)).await
 }
@@ -471,12 +594,12 @@ pub fn error_reply(err: &ApiError, close: bool) -> Vec<u8> {
 
 /// Where one exchange goes.
 #[derive(Debug, Clone, Copy)]
-struct Target<'a> {
+pub(super) struct Target<'a> {
     /// Where its idle connections are pooled.
-    slot: PoolSlot,
-    address: &'a str,
+    pub slot: PoolSlot,
+    pub address: &'a str,
     /// The hostname a replica answers as; `None` for the admin API.
-    served_by: Option<&'a str>,
+    pub served_by: Option<&'a str>,
 }
 
 /// One request and its response over one upstream connection. A 404 from a replica
@@ -506,7 +629,7 @@ async fn exchange(
     }
 }
 
-async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, Failure> {
+pub(super) async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, Failure> {
     match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Ok(Ok(c)) => {
             let _ = c.set_nodelay(true);

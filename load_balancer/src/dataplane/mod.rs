@@ -10,6 +10,7 @@ mod body;
 pub mod chunked;
 mod deadline;
 pub mod forward;
+mod hedge;
 pub mod http1;
 mod per_ip;
 mod pool;
