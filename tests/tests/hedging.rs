@@ -50,15 +50,21 @@ fn a_slow_replicas_requests_are_hedged_and_answered_by_the_next_one() {
     assert!(counter(&lb, "lb_hedge_wins_total") >= 10.0);
     // The losing exchanges were dropped, not left to finish: long before Server2's
     // 5 s are up, nothing is in flight to it any more.
-    poll("Server2's hedged-away requests to be cancelled", Duration::from_secs(2), || {
-        (in_flight(&lb, "Server2") == 0).then_some(())
-    });
+    poll(
+        "Server2's hedged-away requests to be cancelled",
+        Duration::from_secs(2),
+        || (in_flight(&lb, "Server2") == 0).then_some(()),
+    );
 }
 
 #[test]
 fn a_request_with_a_body_is_never_hedged() {
     let lb = process_balancer(&["--replicas", "2", "--policy", "round-robin"]);
-    let r = lb.send("PUT", "/policy", Some(r#"{"hedge": "20ms", "hedge_budget": 100}"#));
+    let r = lb.send(
+        "PUT",
+        "/policy",
+        Some(r#"{"hedge": "20ms", "hedge_budget": 100}"#),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["message"]["hedge"], "20ms");
     slow_down(&lb, "Server2", 300);
