@@ -68,6 +68,9 @@ pub struct Backend {
     timeouts: Estimate,
     /// The load the replica reports (its requests in flight, say).
     reported_load: AtomicU32,
+    /// Our requests in flight to it when it reported, so that what we sent since can
+    /// be added to its report.
+    in_flight_at_report: AtomicUsize,
     /// Whether the replica says it can take more work.
     available: AtomicBool,
     /// Cleared by an operator to keep new requests away while it keeps running.
@@ -93,6 +96,7 @@ impl Backend {
             errors: Estimate::default(),
             timeouts: Estimate::default(),
             reported_load: AtomicU32::new(0),
+            in_flight_at_report: AtomicUsize::new(0),
             available: AtomicBool::new(true),
             enabled: AtomicBool::new(true),
             weight: AtomicU32::new(DEFAULT_WEIGHT),
@@ -199,8 +203,19 @@ impl Backend {
 
     /// Records what the replica reports of itself.
     pub fn report(&self, load: u32, available: bool) {
+        self.in_flight_at_report
+            .store(self.load(), Ordering::Relaxed);
         self.reported_load.store(load, Ordering::Relaxed);
         self.available.store(available, Ordering::Relaxed);
+    }
+
+    /// Its load now, as best known: what it last reported, plus the requests we
+    /// sent it since, minus those of ours that finished since. A report is up to a
+    /// heartbeat old; without this, every request until the next one would go to
+    /// the replica that last reported the least.
+    pub fn estimated_load(&self) -> u64 {
+        let since = self.load() as i64 - self.in_flight_at_report.load(Ordering::Relaxed) as i64;
+        (i64::from(self.reported_load()) + since).max(0) as u64
     }
 
     /// The load the replica last reported.
@@ -313,6 +328,21 @@ mod tests {
         assert!((half - 0.5).abs() < 1e-9);
         assert_eq!(b.warmth(b.healthy_since + Duration::from_secs(60), d), 1.0);
         assert_eq!(b.warmth(b.healthy_since, None), 1.0);
+    }
+
+    #[test]
+    fn the_estimated_load_adds_what_was_sent_since_the_report() {
+        let b = backend();
+        let before = b.track();
+        b.report(5, true);
+        assert_eq!(b.estimated_load(), 5);
+        let sent: Vec<_> = (0..3).map(|_| b.track()).collect();
+        assert_eq!(b.estimated_load(), 8);
+        drop(sent);
+        drop(before);
+        assert_eq!(b.estimated_load(), 4);
+        b.report(0, true);
+        assert_eq!(b.estimated_load(), 0);
     }
 
     #[test]

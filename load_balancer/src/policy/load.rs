@@ -97,7 +97,7 @@ impl Rule {
             Rule::Random => random::choose(backends, ok, ask.draw),
             Rule::LeastConnections => least::choose(backends, ok, ask.draw, |b| b.load()),
             Rule::LeastLoad => {
-                least::choose(backends, ok, ask.draw, |b| (b.reported_load(), b.load()))
+                least::choose(backends, ok, ask.draw, |b| (b.estimated_load(), b.load()))
             }
             Rule::ResponseTime => {
                 least::choose(backends, ok, ask.draw, |b| (b.latency(now), b.load()))

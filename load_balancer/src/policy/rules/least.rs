@@ -1,6 +1,7 @@
 //! `least-connections`, `least-load` and `response-time`: the replica with the
 //! lowest figure, each a different figure (requests in flight through this
-//! balancer; the load the replica reports; its peak-EWMA response time).
+//! balancer; the load the replica reports, plus what was sent to it since; its
+//! peak-EWMA response time).
 //!
 //! A full scan, not a sample: the promise is that least-connections never
 //! picks a replica with more in flight than another. Ties are broken by where the
@@ -82,8 +83,11 @@ mod tests {
         set[0].report(9, true);
         set[1].report(2, true);
         set[2].report(5, true);
-        let by_report = |b: &Backend| (b.reported_load(), b.load());
+        let by_report = |b: &Backend| (b.estimated_load(), b.load());
         assert_eq!(choose(&set, &|_| true, 7, by_report), Some(1));
+        // What was sent since the reports counts: 4 more to replica 2 makes it 6.
+        let _sent: Vec<_> = (0..4).map(|_| set[1].track()).collect();
+        assert_eq!(choose(&set, &|_| true, 7, by_report), Some(2));
         let now = set[0].healthy_since + Duration::from_secs(1);
         let ms = Duration::from_millis(1);
         for (b, t) in set.iter().zip([30, 50, 10]) {
