@@ -102,7 +102,7 @@ impl Rule {
             Rule::ResponseTime => {
                 least::choose(backends, ok, ask.draw, |b| (b.latency(now), b.load()))
             }
-            Rule::P2cEwma => p2c::choose(backends, ok, ask.draw, |b| p2c::ewma_cost(b, now)),
+            Rule::P2cEwma => p2c::choose_ewma(backends, ok, ask.draw, now),
             Rule::HealthScore => p2c::choose(backends, ok, ask.draw, |b| -b.score(now)),
             Rule::ResourceFit => resource_fit::choose(backends, ok, ask.draw, ask.demand),
         }

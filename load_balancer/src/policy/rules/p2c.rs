@@ -6,14 +6,44 @@
 //! replica that looks best, since figures lag) and a full scan, and still never
 //! put the worst replica first: the pair is distinct, and it loses to the other.
 //! For `p2c-ewma` the cost is tower's `PeakEwma`: the
-//! decayed peak-EWMA latency times (requests in flight + 1); for `health-score`
-//! it is the health score, higher being better.
+//! decayed peak-EWMA latency times (requests in flight + 1), with an unmeasured
+//! replica taken to be as fast as its rival (tower's `default_rtt`, made relative);
+//! for `health-score` it is the health score, higher being better.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::{nth_passing, passing};
 use crate::backend::Backend;
+
+/// Two distinct passing backends drawn from `draw`, or the only one.
+fn pair(
+    backends: &[Arc<Backend>],
+    ok: &dyn Fn(&Backend) -> bool,
+    draw: u64,
+) -> Option<(usize, Option<usize>)> {
+    let n = passing(backends, ok).count() as u64;
+    match n {
+        0 => None,
+        1 => Some((nth_passing(backends, ok, 0)?, None)),
+        _ => {
+            let a = draw % n;
+            let b = (a + 1 + (draw >> 32) % (n - 1)) % n;
+            let a = nth_passing(backends, ok, a as usize)?;
+            Some((a, nth_passing(backends, ok, b as usize)))
+        }
+    }
+}
+
+/// `b` if it costs less than `a` (on a tie, has fewer requests in flight), else `a`.
+fn cheaper(backends: &[Arc<Backend>], a: usize, b: usize, cost_a: f64, cost_b: f64) -> usize {
+    let key = |i: usize, c: f64| (c, backends[i].load());
+    if key(b, cost_b) < key(a, cost_a) {
+        b
+    } else {
+        a
+    }
+}
 
 /// Of two passing backends drawn from `draw`, the one of lower `cost`; on a tie,
 /// the one with fewer requests in flight, then the first drawn.
@@ -23,24 +53,41 @@ pub fn choose(
     draw: u64,
     cost: impl Fn(&Backend) -> f64,
 ) -> Option<usize> {
-    let n = passing(backends, ok).count() as u64;
-    match n {
-        0 => return None,
-        1 => return nth_passing(backends, ok, 0),
-        _ => {}
+    match pair(backends, ok, draw)? {
+        (a, None) => Some(a),
+        (a, Some(b)) => Some(cheaper(
+            backends,
+            a,
+            b,
+            cost(&backends[a]),
+            cost(&backends[b]),
+        )),
     }
-    let a = draw % n;
-    let b = (a + 1 + (draw >> 32) % (n - 1)) % n;
-    let a = nth_passing(backends, ok, a as usize)?;
-    let b = nth_passing(backends, ok, b as usize)?;
-    let key = |i: usize| (cost(&backends[i]), backends[i].load());
-    Some(if key(b) < key(a) { b } else { a })
 }
 
-/// Tower's `PeakEwma` cost: the latency estimate at `now` times (in flight + 1).
-/// A replica with no sample yet costs nothing, so it is tried and measured.
-pub fn ewma_cost(b: &Backend, now: Instant) -> f64 {
-    b.latency(now).as_nanos() as f64 * (b.load() + 1) as f64
+/// `p2c-ewma`: of two passing backends, the lower tower `PeakEwma` cost, the
+/// latency estimate at `now` times (in flight + 1). A replica not measured yet is
+/// taken to be as fast as the other one, so that its requests in flight still count:
+/// priced at zero, a new replica that is slow would take every request drawn with
+/// it until its first answer came back.
+pub fn choose_ewma(
+    backends: &[Arc<Backend>],
+    ok: &dyn Fn(&Backend) -> bool,
+    draw: u64,
+    now: Instant,
+) -> Option<usize> {
+    let (a, b) = pair(backends, ok, draw)?;
+    let Some(b) = b else { return Some(a) };
+    let latency = |i: usize| backends[i].latency(now).as_nanos() as f64;
+    let (la, lb) = (latency(a), latency(b));
+    let (la, lb) = match (la == 0.0, lb == 0.0) {
+        (true, false) => (lb, lb),
+        (false, true) => (la, la),
+        // Neither measured: fewer in flight wins.
+        _ => (la.max(1.0), lb.max(1.0)),
+    };
+    let cost = |i: usize, l: f64| l * (backends[i].load() + 1) as f64;
+    Some(cheaper(backends, a, b, cost(a, la), cost(b, lb)))
 }
 
 #[cfg(test)]
@@ -59,7 +106,7 @@ mod tests {
     fn share_of(set: &[Arc<Backend>], id: u32, now: Instant) -> f64 {
         let picks = draws()
             .filter(|d| {
-                let i = choose(set, &|_| true, *d, |b| ewma_cost(b, now)).unwrap();
+                let i = choose_ewma(set, &|_| true, *d, now).unwrap();
                 set[i].id == id
             })
             .count();
@@ -120,6 +167,20 @@ mod tests {
             .filter(|d| choose(&set, &|_| true, *d, |b| -b.score(end)) == Some(2))
             .count();
         assert_eq!(by_score, 0);
+    }
+
+    #[test]
+    fn a_replica_not_measured_yet_still_pays_for_its_requests_in_flight() {
+        let set = backends(&[1, 2]);
+        let now = set[0].healthy_since + Duration::from_secs(1);
+        set[0].observe_response(200, 10 * MS, now);
+        // Replica 2 has answered nothing yet but holds 3 requests.
+        let _held: Vec<_> = (0..3).map(|_| set[1].track()).collect();
+        assert_eq!(share_of(&set, 2, now), 0.0);
+        // With nothing measured on either side, fewer in flight wins.
+        let fresh = backends(&[1, 2]);
+        let _one = fresh[0].track();
+        assert_eq!(share_of(&fresh, 1, now), 0.0);
     }
 
     #[test]
