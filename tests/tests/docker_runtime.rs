@@ -289,3 +289,40 @@ fn replicas_run_unprivileged_read_only_and_limited() {
         "a hardened replica still serves"
     );
 }
+
+#[test]
+fn control_reaches_a_container_and_its_heartbeat_reports_back() {
+    let Some(inst) = Instance::new("control") else {
+        return;
+    };
+    let lb = inst.balancer(&["--policy", "round-robin"]);
+    wait_healthy(&lb, 3, BOOT);
+    let r = lb.send(
+        "POST",
+        "/replicas/Server2/control",
+        Some(r#"{"delay_ms": 300, "weight": 3}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["message"]["delay_ms"], 300);
+    assert_eq!(
+        lb.get("/replicas/Server2/control").json()["message"]["weight"],
+        3
+    );
+    // The container's heartbeat now declares the weight, and the balancer reads it.
+    poll("Server2's declared weight in /status", BOOT, || {
+        replicas(&lb)
+            .into_iter()
+            .find(|r| r["hostname"] == "Server2" && r["weight"] == 3)
+    });
+    // And the fault is in force in the container: its answers take 300 ms at least.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = lb.get("/home");
+        assert_eq!(r.status, 200, "{}", r.body);
+        if r.header("x-served-by") == Some("Server2") {
+            assert!(started.elapsed() >= Duration::from_millis(300));
+            return;
+        }
+    }
+    panic!("round-robin never reached Server2 in three requests");
+}
