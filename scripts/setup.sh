@@ -7,6 +7,10 @@ command -v file >/dev/null || need+=(file)
 command -v curl >/dev/null || need+=(curl)
 # The differential smuggling test runs a Node backend (tests/backends/echo.js).
 command -v node >/dev/null || need+=(nodejs)
+# gRPC code is generated from proto/loadbalancer.proto (and etcd-client's own protos).
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+# The etcd discovery tests start a real etcd on loopback.
+command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || need+=(etcd-server)
 if ((${#need[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::HASH_POLICIES;
 use crate::registry::managed::ManagedHandle;
+use crate::registry::registered::{parse_deregistration, parse_registration, RegisteredHandle};
 use crate::registry::RegistryHandle;
 use crate::replica_controls;
 use crate::snapshot::{ReplicaStatus, SharedSnapshot, Snapshot};
@@ -26,6 +27,8 @@ pub struct AppState {
     pub managed: ManagedHandle,
     /// Where `PUT /policy` goes.
     pub registry: RegistryHandle,
+    /// Where `POST` and `DELETE /register` go.
+    pub registered: RegisteredHandle,
     pub metrics: std::sync::Arc<Metrics>,
     /// When set, `/add` and `/rm` need `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
@@ -91,6 +94,8 @@ admin_routes! {
     GET "/metrics" => metrics,
     GET "/policy" => policy,
     PUT "/policy" => set_policy,
+    POST "/register" => register,
+    DELETE "/register" => deregister,
     POST "/add" => add,
     DELETE "/rm" => remove,
     POST "/replicas/{name}/disable" => replica_controls::disable,
@@ -130,7 +135,8 @@ pub(crate) fn successful(message: serde_json::Value) -> HttpResponse {
 }
 
 fn rep_body(snap: &Snapshot) -> HttpResponse {
-    successful(json!({"N": snap.replicas.len(), "replicas": snap.hostnames()}))
+    let replicas = snap.hostnames();
+    successful(json!({"N": replicas.len(), "replicas": replicas}))
 }
 
 async fn rep(state: web::Data<AppState>) -> HttpResponse {
@@ -229,6 +235,30 @@ async fn scale(
         Op::Remove => state.managed.remove(request).await?,
     }
     Ok(rep_body(&state.snapshot.load()))
+}
+
+/// `POST /register`: a backend that speaks HTTP only joins (or renews) for a TTL.
+async fn register(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let body = read_body(&req, payload).await?;
+    let registered = state.registered.register(parse_registration(&body)?).await?;
+    Ok(successful(json!(registered)))
+}
+
+/// `DELETE /register`: a registered backend leaves at once.
+async fn deregister(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let body = read_body(&req, payload).await?;
+    let name = state.registered.deregister(parse_deregistration(&body)?).await?;
+    Ok(successful(json!({ "name": name })))
 }
 
 /// Only reached by a request sent to the API's own address, which the data plane

@@ -20,6 +20,9 @@ use crate::provisioner::process::ProcessProvisioner;
 use crate::provisioner::static_set::StaticProvisioner;
 use crate::provisioner::{EventSender, Provisioner};
 use crate::registry::managed::{Managed, ManagedConfig};
+use crate::lookaside::{self, LookAside};
+use crate::registry::claims::Claims;
+use crate::registry::registered::RegisteredTask;
 use crate::registry::Registry;
 use crate::ring::Geometry;
 
@@ -120,6 +123,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
 
     let health: Arc<dyn Health> = Arc::new(Prober::new(config.heartbeat_timeout));
+    let claims = Claims::new(registry.capacity());
     let managed = Managed::new(
         provisioner.clone(),
         health.clone(),
@@ -129,11 +133,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             start_timeout: config.start_timeout,
             drain_timeout: config.drain_timeout,
         },
+        claims.clone(),
         metrics.clone(),
     );
     let (unhealthy_tx, unhealthy_rx) = mpsc::unbounded_channel();
     let (handle, source, managed_task) = managed.spawn(events_rx, unhealthy_rx);
-    let registry_task = tokio::spawn(registry.run(vec![Box::new(source)]));
+    let (registered, registered_source) = RegisteredTask::spawn(claims.clone(), metrics.clone());
+    let registry_task = tokio::spawn(registry.run(vec![
+        Box::new(source),
+        Box::new(registered_source),
+    ]));
     let heartbeat = tokio::spawn(health::heartbeat_loop(
         snapshot.clone(),
         health,
@@ -159,6 +168,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         snapshot: snapshot.clone(),
         managed: handle.clone(),
         registry: registry_handle,
+        registered: registered.clone(),
         metrics: metrics.clone(),
         admin_token: config.admin_token.clone(),
         runtime: provisioner.name(),
@@ -191,6 +201,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .workers
         .map(|w| w as usize)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let snapshot_for_grpc = snapshot.clone();
     let dataplane = DataPlane::start(
         config.listen,
         workers,
@@ -214,7 +225,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         addr: config.listen,
         source,
     })?;
-    // Tests and scripts read this line to learn the port when given port 0.
+    let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let grpc_task = match grpc_listener(config.grpc_listen).await? {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            println!("grpc listening on http://{addr}");
+            log::info!("look-aside gRPC on {addr}");
+            let service = LookAside::new(snapshot_for_grpc, registered, config.registration_ttl);
+            let stopped = async move {
+                let _ = grpc_stopped.await;
+            };
+            Some(tokio::spawn(lookaside::serve(listener, service, stopped)))
+        }
+        None => None,
+    };
+    // Tests and scripts read this line to learn the port when given port 0; it comes
+    // last, once everything listens.
     println!("listening on http://{}", dataplane.local_addr());
     std::io::stdout().flush()?;
     log::info!(
@@ -227,6 +253,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     wait_for_signal().await;
     log::info!("stopping: draining requests in flight");
+    let _ = grpc_stop.send(());
+    if let Some(task) = grpc_task {
+        if let Ok(Err(e)) = task.await {
+            log::warn!("the gRPC service ended with an error: {e}");
+        }
+    }
     dataplane.stop().await;
     api_handle.stop(true).await;
     let _ = api_task.await;
@@ -237,6 +269,30 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let _ = registry_task.await;
     Ok(())
 }
+
+/// The look-aside gRPC listener: the address given, which must be free, or the
+/// default one, without which the balancer still runs (a second balancer on the
+/// same host, say) and says so.
+async fn grpc_listener(
+    given: Option<std::net::SocketAddr>,
+) -> Result<Option<tokio::net::TcpListener>, StartError> {
+    let addr = given.unwrap_or(DEFAULT_GRPC_LISTEN);
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(source) if given.is_some() => Err(StartError::Listen { addr, source }),
+        Err(e) => {
+            log::warn!(
+                "look-aside gRPC is off: cannot listen on the default {addr} ({e}); give --grpc-listen ADDR to have it"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Where look-aside gRPC listens unless told otherwise.
+const DEFAULT_GRPC_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 50050),
+);
 
 /// Resolves on SIGTERM or SIGINT.
 async fn wait_for_signal() {

@@ -191,6 +191,17 @@ pub struct Config {
     #[arg(long, env = "LB_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
 
+    /// Where the look-aside gRPC service (`loadbalancer.LoadBalancer`, and gRPC
+    /// health) listens [default: 0.0.0.0:50050; when that default is taken the
+    /// balancer runs without it and says so; an address given here must be free].
+    #[arg(long, env = "LB_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+
+    /// How long a backend registered over gRPC stays without a `ReportLoad`
+    /// (three of its report intervals).
+    #[arg(long, env = "LB_REGISTRATION_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub registration_ttl: Duration,
+
     /// Serve `/add` and `/rm` only here (and every admin endpoint), not on `--listen`.
     #[arg(long, env = "LB_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,

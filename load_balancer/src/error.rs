@@ -38,6 +38,9 @@ pub enum ApiError {
     /// No replica has this name.
     #[error("Unknown replica '{0}'")]
     UnknownReplica(String),
+    /// Something else named in the request does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// The replica answered 404 for a forwarded path.
     #[error("'{0}' endpoint does not exist in server replicas")]
     UnknownEndpoint(String),
@@ -90,7 +93,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::UnknownEndpoint(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::UnknownReplica(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownReplica(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::HeaderTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,

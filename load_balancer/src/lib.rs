@@ -22,6 +22,7 @@ pub mod dataplane;
 pub mod error;
 pub mod hashkey;
 pub(crate) mod health;
+pub(crate) mod lookaside;
 pub(crate) mod metrics;
 pub(crate) mod policy;
 pub(crate) mod provisioner;

@@ -12,6 +12,7 @@ use serde::Serialize;
 pub use crate::backend::{Backend, ServerId};
 use crate::policy::settings::Settings;
 use crate::policy::Picker;
+use crate::registry::claims::Owner;
 
 /// A replica's lifecycle state, as `/status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,19 +34,27 @@ pub struct ReplicaStatus {
     pub hostname: String,
     pub id: ServerId,
     pub state: ReplicaState,
-    /// `host:port`, when running.
+    /// `host:port` it serves HTTP on, when running.
     pub address: Option<String>,
+    /// `host:port` it serves look-aside gRPC on, if it does.
+    pub grpc_address: Option<String>,
     /// How many times it was replaced after dying.
     pub restarts: u32,
     /// The runtime's handle (pid, container id), when running.
     pub handle: Option<String>,
+    /// Which source it comes from: `managed` (run by the balancer), `registered`,
+    /// `discovered` (etcd).
+    pub source: Owner,
 }
 
 /// Everything the handlers read, published whole.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    /// The policy's choice structure over the routable replicas.
+    /// The policy's choice structure over the routable replicas that serve HTTP.
     pub picker: Picker,
+    /// Every policy's picker over the routable replicas that serve gRPC, by name,
+    /// for look-aside clients (the one in force shares its state with `picker`).
+    pub lookaside: Arc<Vec<(&'static str, Picker)>>,
     /// Every managed replica, sorted by id.
     pub replicas: Vec<ReplicaStatus>,
     /// The routing settings the picker was built for, and the hash key and hedging
@@ -62,9 +71,19 @@ impl Snapshot {
         self.figures.iter().find(|b| b.id == id)
     }
 
-    /// The replicas' hostnames, as `/rep` lists them.
+    /// The managed replicas' hostnames, as `/rep` lists them.
     pub fn hostnames(&self) -> Vec<String> {
-        self.replicas.iter().map(|r| r.hostname.clone()).collect()
+        self.managed().map(|r| r.hostname.clone()).collect()
+    }
+
+    /// The replicas the balancer runs (not those that registered or were found).
+    pub fn managed(&self) -> impl Iterator<Item = &ReplicaStatus> {
+        self.replicas.iter().filter(|r| r.source == Owner::Managed)
+    }
+
+    /// The look-aside picker of the policy called `name`.
+    pub fn lookaside(&self, name: &str) -> Option<&Picker> {
+        self.lookaside.iter().find(|(n, _)| *n == name).map(|(_, p)| p)
     }
 }
 

@@ -49,8 +49,12 @@ pub const MAX_WEIGHT: u32 = 100;
 pub struct Backend {
     pub id: ServerId,
     pub hostname: String,
-    /// `host:port` to connect to.
+    /// `host:port` the data plane connects to (for a backend that serves gRPC
+    /// only, its gRPC address, shown but never connected to over HTTP).
     pub address: String,
+    /// `host:port` it serves look-aside gRPC on, if it does: what `GetBestServer`
+    /// answers with.
+    pub grpc_address: Option<String>,
     /// Requests being forwarded to it right now; `/rm` waits for this to reach 0.
     pub in_flight: AtomicUsize,
     /// Forwarding failures in a row; reset by a success or a heartbeat.
@@ -88,6 +92,7 @@ impl Backend {
             id,
             hostname,
             address,
+            grpc_address: None,
             in_flight: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
             counters,
@@ -102,6 +107,12 @@ impl Backend {
             weight: AtomicU32::new(DEFAULT_WEIGHT),
             capacity: ArcSwap::from_pointee(Resources::default()),
         }
+    }
+
+    /// The same backend, serving look-aside gRPC at `address` too.
+    pub fn serving_grpc(mut self, address: Option<String>) -> Self {
+        self.grpc_address = address;
+        self
     }
 
     /// Forgets earlier failures after a success (a load first: the common case

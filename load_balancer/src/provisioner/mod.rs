@@ -30,6 +30,8 @@ pub struct Running {
     pub id: ServerId,
     /// Where the balancer sends its requests: `host:port`.
     pub address: String,
+    /// Where it serves look-aside gRPC (`BackendService`), if it does.
+    pub grpc_address: Option<String>,
     /// The runtime's own handle: a pid, a container id, a backend address.
     /// Death events name it, so an event about an earlier incarnation is ignored.
     pub handle: String,

@@ -129,6 +129,7 @@ impl Provisioner for ProcessProvisioner {
             hostname: spec.hostname.clone(),
             id: spec.id,
             address,
+            grpc_address: None,
             handle,
         })
     }

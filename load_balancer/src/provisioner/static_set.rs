@@ -30,6 +30,7 @@ impl StaticProvisioner {
                     id: i as u32 + 1,
                     handle: address.clone(),
                     address,
+                    grpc_address: None,
                 }
             })
             .collect();

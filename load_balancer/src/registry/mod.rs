@@ -15,7 +15,9 @@
 //! and the new policy is placed over the current members and published before the
 //! answer goes out. Requests in flight keep the snapshot they started with.
 
+pub mod claims;
 pub mod managed;
+pub mod registered;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use crate::policy::settings::{Settings, SettingsError};
 use crate::policy::{self, Policy, UnknownPolicy};
 use crate::ring::Geometry;
 use crate::snapshot::{ReplicaState, ReplicaStatus, SharedSnapshot, Snapshot};
+use claims::Owner;
 
 /// A backend as its source describes it.
 #[derive(Debug, Clone)]
@@ -48,6 +51,10 @@ pub struct Member {
     pub backend: Option<Arc<Backend>>,
     /// Whether an operator lets new requests reach it.
     pub enabled: bool,
+    /// Which source it comes from.
+    pub owner: Owner,
+    /// Where it serves look-aside gRPC, if it does.
+    pub grpc_address: Option<String>,
 }
 
 /// One change to the backend set.
@@ -104,7 +111,10 @@ impl RegistryHandle {
 
 /// The actor. Create with [`Registry::new`], then [`Registry::run`] it.
 pub struct Registry {
+    /// The policy in force.
     policy: Box<dyn Policy>,
+    /// Every other policy, by name, for look-aside clients that ask for one.
+    others: Vec<Box<dyn Policy>>,
     settings: Arc<Settings>,
     geometry: Geometry,
     members: BTreeMap<ServerId, Member>,
@@ -122,9 +132,12 @@ impl Registry {
         metrics: Arc<Metrics>,
     ) -> Result<(Self, SharedSnapshot, RegistryHandle), UnknownPolicy> {
         let policy = policy::build(settings.policy, settings.tuning(geometry))?;
+        let others = build_others(&settings, geometry, std::iter::empty())
+            .map_err(|e| UnknownPolicy(e.to_string()))?;
         let settings = Arc::new(settings);
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
             picker: policy.picker(Vec::new()),
+            lookaside: Arc::new(Vec::new()),
             replicas: Vec::new(),
             settings: settings.clone(),
             figures: Vec::new(),
@@ -132,6 +145,7 @@ impl Registry {
         let (tx, commands) = mpsc::unbounded_channel();
         let registry = Registry {
             policy,
+            others,
             settings,
             geometry,
             members: BTreeMap::new(),
@@ -198,7 +212,10 @@ impl Registry {
             for id in self.members.keys() {
                 policy.join(*id).map_err(|e| invalid(e.to_string()))?;
             }
+            let others = build_others(&new, self.geometry, self.members.keys().copied())
+                .map_err(|e| invalid(e.to_string()))?;
             self.policy = policy;
+            self.others = others;
         }
         log::info!("routing by {} with {}", self.policy.name(), new.view());
         self.settings = Arc::new(new.clone());
@@ -211,10 +228,13 @@ impl Registry {
                 Change::Upsert(member) => {
                     let id = member.id;
                     if !self.members.contains_key(&id) {
-                        // Sources hand out ids within the policy's capacity, once each.
+                        // Sources claim ids within the ring's capacity, once each.
                         if let Err(e) = self.policy.join(id) {
                             log::error!("{} cannot be placed: {e}", member.hostname);
                             continue;
+                        }
+                        for p in &mut self.others {
+                            let _ = p.join(id);
                         }
                     }
                     self.members.insert(id, member);
@@ -222,6 +242,9 @@ impl Registry {
                 Change::Remove(id) => {
                     if self.members.remove(&id).is_some() {
                         self.policy.leave(id);
+                        for p in &mut self.others {
+                            p.leave(id);
+                        }
                     }
                 }
             }
@@ -229,11 +252,24 @@ impl Registry {
     }
 
     fn publish(&self) {
-        let routable = self
-            .members
-            .values()
-            .filter(|m| m.state == ReplicaState::Healthy && m.enabled)
+        let routable = || {
+            self.members
+                .values()
+                .filter(|m| m.state == ReplicaState::Healthy && m.enabled)
+        };
+        // The data plane routes to backends that serve HTTP; look-aside clients are
+        // answered with those that serve gRPC.
+        let http = routable()
+            .filter(|m| m.address.is_some())
             .filter_map(|m| m.backend.clone())
+            .collect();
+        let grpc: Vec<_> = routable()
+            .filter(|m| m.grpc_address.is_some())
+            .filter_map(|m| m.backend.clone())
+            .collect();
+        let lookaside = std::iter::once(&self.policy)
+            .chain(&self.others)
+            .map(|p| (p.name(), p.picker(grpc.clone())))
             .collect();
         let replicas = self
             .members
@@ -246,13 +282,16 @@ impl Registry {
                     state => state,
                 },
                 address: m.address.clone(),
+                grpc_address: m.grpc_address.clone(),
                 restarts: m.restarts,
                 handle: m.handle.clone(),
+                source: m.owner,
             })
             .collect();
         self.metrics.ring_changes.inc();
         self.snapshot.store(Arc::new(Snapshot {
-            picker: self.policy.picker(routable),
+            picker: self.policy.picker(http),
+            lookaside: Arc::new(lookaside),
             replicas,
             settings: self.settings.clone(),
             figures: self
@@ -262,6 +301,24 @@ impl Registry {
                 .collect(),
         }));
     }
+}
+
+/// Every policy but the one `settings` names, each with `members` placed.
+fn build_others(
+    settings: &Settings,
+    geometry: Geometry,
+    members: impl Iterator<Item = ServerId> + Clone,
+) -> Result<Vec<Box<dyn Policy>>, crate::ring::RingError> {
+    policy::names()
+        .filter(|n| *n != settings.policy)
+        .map(|name| {
+            let mut p = policy::build(name, settings.tuning(geometry)).expect("a listed name");
+            for id in members.clone() {
+                p.join(id)?;
+            }
+            Ok(p)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -304,6 +361,8 @@ pub(crate) mod tests {
             restarts: 0,
             backend,
             enabled: true,
+            owner: Owner::Managed,
+            grpc_address: None,
         }
     }
 

@@ -372,6 +372,7 @@ impl Provisioner for DockerProvisioner {
                     hostname,
                     id: server_id,
                     address,
+                    grpc_address: None,
                     handle: id,
                 }),
                 _ => {
@@ -423,6 +424,7 @@ impl Provisioner for DockerProvisioner {
                     hostname: spec.hostname.clone(),
                     id: spec.id,
                     address,
+                    grpc_address: None,
                     handle: id,
                 })
             }

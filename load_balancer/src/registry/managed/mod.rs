@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use launch::{backoff, LaunchError};
 
+use super::claims::{Claims, Owner};
 use super::{Batch, Change, Member as RegistryMember, Source};
 use crate::admin::{self, Member, ScaleRequest};
 use crate::backend::ServerId;
@@ -165,7 +166,8 @@ impl Replica {
             self.hostname.clone(),
             running.address.clone(),
             metrics.replica(&self.hostname),
-        );
+        )
+        .serving_grpc(running.grpc_address.clone());
         // A replacement stays as disabled as the replica it replaces.
         backend.set_enabled(self.enabled);
         self.backend = Some(Arc::new(backend));
@@ -188,6 +190,8 @@ pub struct Managed {
     provisioner: Arc<dyn Provisioner>,
     health: Arc<dyn Health>,
     config: ManagedConfig,
+    /// Names and ids shared with the other sources.
+    claims: Claims,
     replicas: BTreeMap<ServerId, Replica>,
     /// Where the registry hears of every change.
     changes: mpsc::UnboundedSender<Batch>,
@@ -210,6 +214,7 @@ impl Managed {
         provisioner: Arc<dyn Provisioner>,
         health: Arc<dyn Health>,
         config: ManagedConfig,
+        claims: Claims,
         metrics: Arc<Metrics>,
     ) -> Self {
         let (notes, notes_rx) = mpsc::unbounded_channel();
@@ -218,6 +223,7 @@ impl Managed {
             provisioner,
             health,
             config,
+            claims,
             replicas: BTreeMap::new(),
             changes,
             changes_rx: Some(changes_rx),
@@ -307,13 +313,10 @@ impl Managed {
             // Ids are handed out smallest-first, so a live one is never above the
             // ring's capacity; a larger label was not written by us, and tables are
             // indexed by id.
-            let clash = running.id == 0
-                || running.id as usize > self.config.capacity
-                || self.replicas.contains_key(&running.id)
-                || self
-                    .replicas
-                    .values()
-                    .any(|r| r.hostname == running.hostname);
+            let clash = running.id as usize > self.config.capacity
+                || !self
+                    .claims
+                    .claim_as(Owner::Managed, &running.hostname, running.id);
             if clash {
                 log::warn!("not adopting duplicate {}", running.hostname);
                 let _ = self.provisioner.stop(&running, Duration::ZERO).await;
@@ -332,7 +335,7 @@ impl Managed {
                 n: missing,
                 hostnames: Vec::new(),
             };
-            match admin::plan_add(&self.members(), &req, self.config.capacity) {
+            match self.plan_add(&req) {
                 Ok(plan) => {
                     for m in plan {
                         self.replicas.insert(m.id, Replica::new(m.hostname, m.id));
@@ -343,6 +346,13 @@ impl Managed {
             }
         }
         self.publish();
+    }
+
+    /// Plans an `/add` within `--max-replicas` and claims its names and ids among
+    /// every source's.
+    fn plan_add(&self, req: &ScaleRequest) -> Result<Vec<Member>, ApiError> {
+        admin::plan_add(&self.members(), req, self.config.capacity)?;
+        self.claims.plan_add(Owner::Managed, req)
     }
 
     fn members(&self) -> Vec<Member> {
@@ -501,7 +511,7 @@ impl Managed {
         }
         // Admin requests take turns, so no other one can claim these names and ids
         // before this one is done; deaths and respawns never make new ones.
-        let plan = match admin::plan_add(&self.members(), &req, self.config.capacity) {
+        let plan = match self.plan_add(&req) {
             Ok(plan) => plan,
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -545,6 +555,9 @@ impl Managed {
         result: Result<Vec<Running>, LaunchError>,
     ) -> Result<(), ApiError> {
         let running = result.map_err(|err| {
+            for m in &plan {
+                self.claims.release(m.id);
+            }
             ApiError::StartFailed(format!(
                 "Could not start the new replicas, none were added: {err}"
             ))
@@ -571,6 +584,8 @@ impl Managed {
         let mut leaving = Vec::new();
         for m in &plan {
             self.removed.push(m.id);
+            // Nothing routes to it from here on: its name and id are free again.
+            self.claims.release(m.id);
             if let Some(r) = self.replicas.remove(&m.id) {
                 leaving.push(r);
             }
@@ -640,6 +655,8 @@ impl Managed {
                 restarts: r.restarts,
                 backend: r.backend.clone(),
                 enabled: r.enabled,
+                owner: Owner::Managed,
+                grpc_address: r.running.as_ref().and_then(|x| x.grpc_address.clone()),
             })
         });
         let changes = gone.chain(members).collect();

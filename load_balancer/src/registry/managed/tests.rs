@@ -80,6 +80,7 @@ impl Provisioner for FakeProvisioner {
             hostname: spec.hostname.clone(),
             id: spec.id,
             address: format!("fake:{n}"),
+            grpc_address: None,
             handle: format!("h{n}"),
         })
     }
@@ -123,6 +124,7 @@ fn start(provisioner: Arc<FakeProvisioner>, replicas: usize) -> Harness {
             start_timeout: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(1),
         },
+        crate::registry::claims::Claims::new(56),
         metrics.clone(),
     );
     let (events, events_rx) = mpsc::unbounded_channel();
@@ -280,6 +282,7 @@ async fn running_replicas_are_adopted_at_boot_and_only_the_rest_are_started() {
         hostname: "Server2".into(),
         id: 2,
         address: "fake:old".into(),
+        grpc_address: None,
         handle: "adopted".into(),
     });
     let h = start(provisioner.clone(), 3);
