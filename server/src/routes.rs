@@ -8,13 +8,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::compute::{fib, parse_n};
 use crate::declared::{
     Capacity, CapacityError, Change, Declaration, Declared, Weight, WeightError,
 };
 use crate::load::{failure, query_param, Faults, Load};
-
-/// The largest `n` `/compute` takes: fib(40) by the naive recursion is seconds of CPU.
-const MAX_N: u32 = 40;
 
 /// Registers every endpoint.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -57,26 +55,12 @@ async fn heartbeat(load: web::Data<Load>, declared: web::Data<Declared>) -> Http
     answer.finish()
 }
 
-/// Fibonacci by the naive recursion, on purpose: the CPU-heavy task of the seeds.
-fn fib(n: u32) -> u64 {
-    if n < 2 {
-        u64::from(n)
-    } else {
-        fib(n - 1) + fib(n - 2)
-    }
-}
-
 /// `GET /compute?n=N`: fib(N), computed off the request threads so heartbeats are
 /// still answered while it runs.
 async fn compute(req: HttpRequest) -> HttpResponse {
-    let n = query_param(req.query_string(), "n")
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|n| *n <= MAX_N);
-    let Some(n) = n else {
-        return failure(
-            StatusCode::BAD_REQUEST,
-            format!("n must be a whole number from 0 to {MAX_N}"),
-        );
+    let n = match parse_n(query_param(req.query_string(), "n").unwrap_or("")) {
+        Ok(n) => n,
+        Err(e) => return failure(StatusCode::BAD_REQUEST, format!("n {e}")),
     };
     match web::block(move || fib(n)).await {
         Ok(result) => HttpResponse::Ok().json(json!({

@@ -243,6 +243,7 @@ pub fn alive(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), None).is_ok()
 }
 pub mod docker;
+pub mod etcd;
 pub mod smuggling;
 
 /// Steady background traffic: `GET /home` from a few threads until stopped (or a
