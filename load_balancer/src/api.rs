@@ -245,7 +245,10 @@ async fn register(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let body = read_body(&req, payload).await?;
-    let registered = state.registered.register(parse_registration(&body)?).await?;
+    let registered = state
+        .registered
+        .register(parse_registration(&body)?)
+        .await?;
     Ok(successful(json!(registered)))
 }
 
@@ -257,7 +260,10 @@ async fn deregister(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let body = read_body(&req, payload).await?;
-    let name = state.registered.deregister(parse_deregistration(&body)?).await?;
+    let name = state
+        .registered
+        .deregister(parse_deregistration(&body)?)
+        .await?;
     Ok(successful(json!({ "name": name })))
 }
 

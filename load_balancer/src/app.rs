@@ -12,6 +12,7 @@ use crate::api::{self, AppState};
 use crate::config::{Config, RuntimeKind};
 use crate::dataplane::{DataPlane, ForwardConfig};
 use crate::health::{self, Health, HeartbeatConfig, Prober};
+use crate::lookaside::{self, LookAside};
 use crate::metrics::Metrics;
 use crate::policy::settings::{policy_name, Settings};
 use crate::policy::UnknownPolicy;
@@ -19,9 +20,8 @@ use crate::provisioner::docker::{DockerProvisioner, DockerSettings, ReplicaLimit
 use crate::provisioner::process::ProcessProvisioner;
 use crate::provisioner::static_set::StaticProvisioner;
 use crate::provisioner::{EventSender, Provisioner};
-use crate::registry::managed::{Managed, ManagedConfig};
-use crate::lookaside::{self, LookAside};
 use crate::registry::claims::Claims;
+use crate::registry::managed::{Managed, ManagedConfig};
 use crate::registry::registered::RegisteredTask;
 use crate::registry::Registry;
 use crate::ring::Geometry;
@@ -139,10 +139,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (unhealthy_tx, unhealthy_rx) = mpsc::unbounded_channel();
     let (handle, source, managed_task) = managed.spawn(events_rx, unhealthy_rx);
     let (registered, registered_source) = RegisteredTask::spawn(claims.clone(), metrics.clone());
-    let registry_task = tokio::spawn(registry.run(vec![
-        Box::new(source),
-        Box::new(registered_source),
-    ]));
+    let registry_task =
+        tokio::spawn(registry.run(vec![Box::new(source), Box::new(registered_source)]));
     let heartbeat = tokio::spawn(health::heartbeat_loop(
         snapshot.clone(),
         health,

@@ -16,14 +16,16 @@ use tonic::{Request, Response, Status};
 
 use crate::hashkey::{key_to_id, random_id};
 use crate::policy::Ask;
-use crate::registry::registered::{Registration, RegisteredHandle, RegistrationError};
+use crate::registry::registered::{RegisteredHandle, Registration, RegistrationError};
 use crate::snapshot::SharedSnapshot;
 
 /// The policy a strategy names, or why it is refused.
 pub fn strategy_policy(strategy: i32) -> Result<&'static str, Status> {
     use LoadBalanceStrategy as S;
     let known = S::try_from(strategy).map_err(|_| {
-        Status::invalid_argument(format!("unknown strategy {strategy}: see LoadBalanceStrategy"))
+        Status::invalid_argument(format!(
+            "unknown strategy {strategy}: see LoadBalanceStrategy"
+        ))
     })?;
     Ok(match known {
         S::PickFirst => "pick-first",

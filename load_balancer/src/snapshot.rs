@@ -83,7 +83,10 @@ impl Snapshot {
 
     /// The look-aside picker of the policy called `name`.
     pub fn lookaside(&self, name: &str) -> Option<&Picker> {
-        self.lookaside.iter().find(|(n, _)| *n == name).map(|(_, p)| p)
+        self.lookaside
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| p)
     }
 }
 

@@ -43,6 +43,9 @@ impl ProcessProvisioner {
             // Port 0: the child binds a free port itself and prints it, so two
             // replicas can never race for the same port.
             .arg("127.0.0.1:0")
+            // The look-aside `BackendService`, so `GetBestServer` can name it.
+            .arg("--grpc-listen")
+            .arg("127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -82,9 +85,14 @@ impl Provisioner for ProcessProvisioner {
         let pid = child.id().ok_or_else(|| fail("exited at once".into()))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
+        // It says where gRPC listens first, then HTTP.
+        let mut grpc_address = None;
         let address = tokio::time::timeout(LAUNCH_TIMEOUT, async {
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(addr) = line.trim().strip_prefix("listening on http://") {
+                let line = line.trim();
+                if let Some(addr) = line.strip_prefix("grpc listening on http://") {
+                    grpc_address = Some(addr.to_string());
+                } else if let Some(addr) = line.strip_prefix("listening on http://") {
                     return Some(addr.to_string());
                 }
             }
@@ -129,7 +137,7 @@ impl Provisioner for ProcessProvisioner {
             hostname: spec.hostname.clone(),
             id: spec.id,
             address,
-            grpc_address: None,
+            grpc_address,
             handle,
         })
     }

@@ -96,7 +96,9 @@ pub fn check_address(address: &str) -> Result<(), RegistrationError> {
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
         });
     if port_ok && host_ok {
@@ -141,7 +143,9 @@ pub fn parse_registration(body: &[u8]) -> Result<Registration, ApiError> {
             .as_f64()
             .filter(|t| *t > 0.0 && *t <= MAX_TTL.as_secs_f64())
             .map(Duration::from_secs_f64)
-            .ok_or_else(|| ApiError::bad("Field 'ttl_s' must be a number of seconds above 0 and at most 3600"))?,
+            .ok_or_else(|| {
+                ApiError::bad("Field 'ttl_s' must be a number of seconds above 0 and at most 3600")
+            })?,
     };
     Ok(Registration {
         name: Some(name),
@@ -157,7 +161,9 @@ pub fn parse_deregistration(body: &[u8]) -> Result<String, ApiError> {
         .map_err(|e| ApiError::bad(format!("Invalid JSON body: {e}")))?;
     match v.as_object().map(|o| (o.len(), o.get("name"))) {
         Some((1, Some(serde_json::Value::String(name)))) => Ok(name.clone()),
-        _ => Err(ApiError::bad("The body must be {\"name\": \"<registered name>\"}")),
+        _ => Err(ApiError::bad(
+            "The body must be {\"name\": \"<registered name>\"}",
+        )),
     }
 }
 
@@ -172,7 +178,10 @@ fn name_from(address: &str) -> String {
 }
 
 enum Command {
-    Register(Registration, oneshot::Sender<Result<Registered, RegistrationError>>),
+    Register(
+        Registration,
+        oneshot::Sender<Result<Registered, RegistrationError>>,
+    ),
     Report {
         address: String,
         load: i64,
@@ -307,9 +316,12 @@ impl RegisteredTask {
                 Ok((registered, changed)) => {
                     if changed {
                         // Answered once the registry has published it: routable then.
-                        self.publish(vec![], Some(Box::new(move || {
-                            let _ = reply.send(Ok(registered));
-                        })));
+                        self.publish(
+                            vec![],
+                            Some(Box::new(move || {
+                                let _ = reply.send(Ok(registered));
+                            })),
+                        );
                     } else {
                         let _ = reply.send(Ok(registered));
                     }
@@ -334,9 +346,12 @@ impl RegisteredTask {
                 let entry = self.entries.remove(&name).expect("found");
                 log::info!("{name} deregistered");
                 self.claims.release(entry.id);
-                self.publish(vec![entry.id], Some(Box::new(move || {
-                    let _ = reply.send(Ok(name));
-                })));
+                self.publish(
+                    vec![entry.id],
+                    Some(Box::new(move || {
+                        let _ = reply.send(Ok(name));
+                    })),
+                );
             }
         }
     }
@@ -383,7 +398,12 @@ impl RegisteredTask {
         Ok((out, true))
     }
 
-    fn report(&mut self, address: &str, load: i64, available: bool) -> Result<String, RegistrationError> {
+    fn report(
+        &mut self,
+        address: &str,
+        load: i64,
+        available: bool,
+    ) -> Result<String, RegistrationError> {
         if load < 0 {
             return Err(RegistrationError::NegativeLoad(load));
         }
@@ -447,7 +467,11 @@ impl RegisteredTask {
                 grpc_address: e.grpc_address.clone(),
             })
         });
-        let changes = gone.into_iter().map(Change::Remove).chain(members).collect();
+        let changes = gone
+            .into_iter()
+            .map(Change::Remove)
+            .chain(members)
+            .collect();
         let _ = self.changes.send(Batch { changes, then });
     }
 }
@@ -468,10 +492,23 @@ mod tests {
 
     #[test]
     fn addresses_need_a_host_and_a_port() {
-        for ok in ["127.0.0.1:8001", "[::1]:50051", "backend-1.local:80", "b1:1"] {
+        for ok in [
+            "127.0.0.1:8001",
+            "[::1]:50051",
+            "backend-1.local:80",
+            "b1:1",
+        ] {
             assert_eq!(check_address(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "127.0.0.1", "127.0.0.1:0", "host:99999", ":80", "a b:80", "-a:80"] {
+        for bad in [
+            "",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "host:99999",
+            ":80",
+            "a b:80",
+            "-a:80",
+        ] {
             assert!(check_address(bad).is_err(), "{bad}");
         }
     }
@@ -495,7 +532,11 @@ mod tests {
             br#"{"name": "b1", "address": "h:1", "ttl_s": 4000}"#,
             br#"{"name": "b1", "address": "h:1", "ttl": 5}"#,
         ] {
-            assert!(parse_registration(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_registration(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert_eq!(parse_deregistration(br#"{"name": "b1"}"#).unwrap(), "b1");
         assert!(parse_deregistration(br#"{"name": "b1", "x": 1}"#).is_err());

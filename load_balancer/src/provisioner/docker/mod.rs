@@ -41,6 +41,9 @@ pub const LABEL_HOSTNAME: &str = "lb.hostname";
 pub const DEFAULT_INSTANCE: &str = "load_balancer";
 /// The port the server listens on inside its container.
 const SERVER_PORT: u16 = 5000;
+
+/// The port a replica serves look-aside gRPC (`BackendService`) on, in its container.
+const GRPC_PORT: u16 = 50051;
 /// The unprivileged user replicas run as (`nobody`): the server needs no rights.
 const REPLICA_USER: &str = "65534:65534";
 /// How long `shutdown --cleanup-on-exit` lets replicas finish in-flight requests.
@@ -176,6 +179,11 @@ impl DockerProvisioner {
     /// Where the balancer reaches a started container, or `None` when it cannot
     /// (e.g. a container started in network mode, adopted by a balancer on the host).
     fn address_of(&self, c: &ContainerInspectResponse) -> Option<String> {
+        self.port_of(c, SERVER_PORT)
+    }
+
+    /// Where the replica's container `port` is reached from the balancer.
+    fn port_of(&self, c: &ContainerInspectResponse, port: u16) -> Option<String> {
         match self.reach {
             Reach::Network => {
                 let name = c.name.as_deref()?.trim_start_matches('/');
@@ -184,7 +192,7 @@ impl DockerProvisioner {
                     .as_ref()
                     .and_then(|n| n.networks.as_ref())
                     .is_some_and(|n| n.contains_key(&self.settings.network));
-                on_network.then(|| format!("{name}:{SERVER_PORT}"))
+                on_network.then(|| format!("{name}:{port}"))
             }
             Reach::Published => {
                 let bindings = c
@@ -192,7 +200,7 @@ impl DockerProvisioner {
                     .as_ref()?
                     .ports
                     .as_ref()?
-                    .get(&format!("{SERVER_PORT}/tcp"))?
+                    .get(&format!("{port}/tcp"))?
                     .as_ref()?;
                 bindings
                     .iter()
@@ -235,24 +243,26 @@ impl DockerProvisioner {
             (LABEL_HOSTNAME.to_string(), spec.hostname.clone()),
         ]);
         let port = format!("{SERVER_PORT}/tcp");
+        let grpc_port = format!("{GRPC_PORT}/tcp");
         let port_bindings = (self.reach == Reach::Published).then(|| {
             // No host port: the engine picks a free one, so replicas never race for it.
-            HashMap::from([(
-                port.clone(),
+            let any = || {
                 Some(vec![PortBinding {
                     host_ip: Some("127.0.0.1".into()),
                     host_port: Some(String::new()),
-                }]),
-            )])
+                }])
+            };
+            HashMap::from([(port.clone(), any()), (grpc_port.clone(), any())])
         });
         ContainerCreateBody {
             image: Some(self.settings.image.clone()),
             env: Some(vec![
                 format!("SERVER_ID={}", spec.hostname),
                 format!("LISTEN=0.0.0.0:{SERVER_PORT}"),
+                format!("GRPC_LISTEN=0.0.0.0:{GRPC_PORT}"),
             ]),
             labels: Some(labels),
-            exposed_ports: Some(vec![port]),
+            exposed_ports: Some(vec![port, grpc_port]),
             user: Some(REPLICA_USER.into()),
             host_config: Some(HostConfig {
                 memory: Some(self.settings.limits.memory_bytes),
@@ -367,12 +377,14 @@ impl Provisioner for DockerProvisioner {
                 None
             };
             let address = inspected.as_ref().and_then(|c| self.address_of(c));
+            // A container from before replicas served gRPC has no such port.
+            let grpc_address = inspected.as_ref().and_then(|c| self.port_of(c, GRPC_PORT));
             match (hostname, server_id, address) {
                 (Some(hostname), Some(server_id), Some(address)) => found.push(Running {
                     hostname,
                     id: server_id,
                     address,
-                    grpc_address: None,
+                    grpc_address,
                     handle: id,
                 }),
                 _ => {
@@ -413,18 +425,20 @@ impl Provisioner for DockerProvisioner {
             if !c.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
                 return Err("exited right after it started".to_string());
             }
-            self.address_of(&c)
-                .ok_or_else(|| "the engine did not report its address".to_string())
+            let address = self
+                .address_of(&c)
+                .ok_or_else(|| "the engine did not report its address".to_string())?;
+            Ok((address, self.port_of(&c, GRPC_PORT)))
         }
         .await;
         match started {
-            Ok(address) => {
+            Ok((address, grpc_address)) => {
                 log::debug!("started {name} ({id}) at {address}");
                 Ok(Running {
                     hostname: spec.hostname.clone(),
                     id: spec.id,
                     address,
-                    grpc_address: None,
+                    grpc_address,
                     handle: id,
                 })
             }
