@@ -9,7 +9,7 @@ use actix_web::{web, App, HttpServer};
 use tokio::sync::mpsc;
 
 use crate::api::{self, AppState};
-use crate::config::{Config, RuntimeKind};
+use crate::config::{Config, Discovery, RuntimeKind};
 use crate::dataplane::{DataPlane, ForwardConfig};
 use crate::health::{self, Health, HeartbeatConfig, Prober};
 use crate::lookaside::{self, LookAside};
@@ -21,6 +21,7 @@ use crate::provisioner::process::ProcessProvisioner;
 use crate::provisioner::static_set::StaticProvisioner;
 use crate::provisioner::{EventSender, Provisioner};
 use crate::registry::claims::Claims;
+use crate::registry::etcd::{EtcdDiscovery, EtcdSettings};
 use crate::registry::managed::{Managed, ManagedConfig};
 use crate::registry::registered::RegisteredTask;
 use crate::registry::Registry;
@@ -42,6 +43,8 @@ pub enum StartError {
     },
     #[error("docker runtime: {0}")]
     Docker(crate::provisioner::ProvisionError),
+    #[error("--discovery etcd needs --etcd-endpoints URL,...")]
+    NoEtcdEndpoints,
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -94,6 +97,9 @@ fn server_beside_self() -> std::io::Result<PathBuf> {
 /// Runs the balancer: starts its replicas, serves until SIGINT or SIGTERM, drains,
 /// and lets the provisioner decide what happens to the replicas.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    if config.discovery == Discovery::Etcd && config.etcd_endpoints.is_empty() {
+        return Err(StartError::NoEtcdEndpoints);
+    }
     let settings = Settings {
         policy: policy_name(&config.policy).ok_or_else(|| UnknownPolicy(config.policy.clone()))?,
         hash_key: config.hash_key.clone(),
@@ -139,8 +145,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (unhealthy_tx, unhealthy_rx) = mpsc::unbounded_channel();
     let (handle, source, managed_task) = managed.spawn(events_rx, unhealthy_rx);
     let (registered, registered_source) = RegisteredTask::spawn(claims.clone(), metrics.clone());
-    let registry_task =
-        tokio::spawn(registry.run(vec![Box::new(source), Box::new(registered_source)]));
+    let mut sources: Vec<Box<dyn crate::registry::Source>> =
+        vec![Box::new(source), Box::new(registered_source)];
+    let discovery = match config.discovery {
+        Discovery::None => None,
+        Discovery::Etcd => {
+            let settings = EtcdSettings {
+                endpoints: config.etcd_endpoints.clone(),
+                instance: config.instance.clone(),
+            };
+            let (discovery, found) =
+                EtcdDiscovery::spawn(settings, claims.clone(), metrics.clone());
+            sources.push(Box::new(found));
+            Some(discovery)
+        }
+    };
+    let registry_task = tokio::spawn(registry.run(sources));
     let heartbeat = tokio::spawn(health::heartbeat_loop(
         snapshot.clone(),
         health,
@@ -224,9 +244,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         source,
     })?;
     let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut grpc_addr = None;
     let grpc_task = match grpc_listener(config.grpc_listen).await? {
         Some(listener) => {
             let addr = listener.local_addr()?;
+            grpc_addr = Some(addr);
             println!("grpc listening on http://{addr}");
             log::info!("look-aside gRPC on {addr}");
             let service = LookAside::new(snapshot_for_grpc, registered, config.registration_ttl);
@@ -237,6 +259,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
         None => None,
     };
+    if let Some(discovery) = &discovery {
+        discovery.announce(dataplane.local_addr(), grpc_addr);
+    }
     // Tests and scripts read this line to learn the port when given port 0; it comes
     // last, once everything listens.
     println!("listening on http://{}", dataplane.local_addr());
@@ -251,6 +276,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     wait_for_signal().await;
     log::info!("stopping: draining requests in flight");
+    if let Some(discovery) = discovery {
+        // Out of etcd first, so that clients stop finding this balancer.
+        discovery.shutdown().await;
+    }
     let _ = grpc_stop.send(());
     if let Some(task) = grpc_task {
         if let Ok(Err(e)) = task.await {

@@ -33,6 +33,15 @@ pub enum DockerAddressing {
     Network,
 }
 
+/// Where backends are found besides the replicas the runtime runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Discovery {
+    /// Nowhere else.
+    None,
+    /// Under `/lb/<instance>/backends/` in etcd (`--etcd-endpoints`).
+    Etcd,
+}
+
 /// A consistent-hashing HTTP load balancer that runs and heals its own replicas.
 #[derive(Debug, Clone, Parser)]
 // A flag given twice keeps the last value, so scripts can override a default list.
@@ -66,7 +75,8 @@ pub struct Config {
     #[arg(long, env = "LB_NETWORK", default_value = "lbnet")]
     pub network: String,
 
-    /// `docker` runtime: the value of the `lb.managed-by` label of its containers.
+    /// `docker` runtime: the value of the `lb.managed-by` label of its containers;
+    /// with `--discovery etcd`, its prefix there: `/lb/<instance>`.
     #[arg(long, env = "LB_INSTANCE", default_value = "load_balancer")]
     pub instance: String,
 
@@ -202,6 +212,22 @@ pub struct Config {
     #[arg(long, env = "LB_REGISTRATION_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
     pub registration_ttl: Duration,
 
+    /// Also take backends from etcd: watch `/lb/<instance>/backends/` (and keep
+    /// this balancer's entry under `/lb/<instance>/balancers/`).
+    #[arg(long, env = "LB_DISCOVERY", value_enum, default_value = "none")]
+    pub discovery: Discovery,
+
+    /// `--discovery etcd`: the etcd endpoints, comma separated (`http://HOST:PORT`).
+    #[arg(
+        long,
+        env = "LB_ETCD_ENDPOINTS",
+        value_name = "URL,...",
+        value_delimiter = ',',
+        value_parser = parse_etcd_endpoint,
+        required_if_eq("discovery", "etcd")
+    )]
+    pub etcd_endpoints: Vec<String>,
+
     /// Serve `/add` and `/rm` only here (and every admin endpoint), not on `--listen`.
     #[arg(long, env = "LB_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
@@ -224,6 +250,17 @@ fn parse_percent(s: &str) -> Result<f64, String> {
         Ok(p)
     } else {
         Err("a percentage must be between 0 and 100".into())
+    }
+}
+
+fn parse_etcd_endpoint(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        Err("an etcd endpoint is empty (expected URL,...)".into())
+    } else if s.starts_with("https://") {
+        Err("TLS to etcd is not supported: give http:// endpoints".into())
+    } else {
+        Ok(s.to_string())
     }
 }
 
@@ -255,6 +292,34 @@ mod tests {
         assert_eq!((c.slots, c.virtual_nodes), (512, 9));
         assert_eq!(c.docker_addressing, DockerAddressing::Auto);
         assert!(!c.cleanup_on_exit);
+        assert_eq!(c.discovery, Discovery::None);
+        assert!(c.etcd_endpoints.is_empty());
+    }
+
+    #[test]
+    fn etcd_discovery_takes_comma_separated_endpoints_and_refuses_to_start_without_them() {
+        let c = Config::try_parse_from([
+            "load_balancer",
+            "--discovery",
+            "etcd",
+            "--etcd-endpoints",
+            "http://10.0.0.1:2379,http://10.0.0.2:2379",
+        ])
+        .unwrap();
+        assert_eq!(c.discovery, Discovery::Etcd);
+        assert_eq!(
+            c.etcd_endpoints,
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        let err = Config::try_parse_from(["load_balancer", "--discovery", "etcd"]).unwrap_err();
+        assert!(err.to_string().contains("--etcd-endpoints"), "{err}");
+        for bad in ["", "https://10.0.0.1:2379"] {
+            assert!(
+                Config::try_parse_from(["load_balancer", "--etcd-endpoints", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Config::try_parse_from(["load_balancer", "--discovery", "consul"]).is_err());
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub struct Snapshot {
     /// Every policy's picker over the routable replicas that serve gRPC, by name,
     /// for look-aside clients (the one in force shares its state with `picker`).
     pub lookaside: Arc<Vec<(&'static str, Picker)>>,
-    /// Every managed replica, sorted by id.
+    /// Every replica of every source, sorted by id.
     pub replicas: Vec<ReplicaStatus>,
     /// The routing settings the picker was built for, and the hash key and hedging
     /// that go with it.

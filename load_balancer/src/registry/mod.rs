@@ -16,6 +16,7 @@
 //! answer goes out. Requests in flight keep the snapshot they started with.
 
 pub mod claims;
+pub mod etcd;
 pub mod managed;
 pub mod registered;
 
