@@ -46,7 +46,7 @@ e2e: images
 	$(CARGO) build --workspace --bins
 	$(CARGO) test -p e2e --tests
 
-## analysis: experiments A-1 to A-4 against a real deployment (RUNTIME=process without Docker)
+## analysis: experiments A-1 to A-5 against a real deployment (RUNTIME=process without Docker)
 analysis:
 	bash scripts/analysis.sh
 

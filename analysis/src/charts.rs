@@ -4,9 +4,10 @@
 
 use std::path::Path;
 
+use plotters::coord::ranged1d::{AsRangedCoord, Ranged, ValueFormatter};
 use plotters::prelude::*;
 
-use crate::results::{Recovery, Results, Run};
+use crate::results::{PolicyRun, Recovery, Results, Run, Stress};
 
 /// Where the font is looked for.
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -18,6 +19,10 @@ pub type Series = (String, usize, Vec<(f64, f64)>);
 
 /// Error bars in a color: `(N, low, high)` each.
 pub type Bars = (usize, Vec<(f64, f64, f64)>);
+
+/// One measure across the rows of a bar chart: its legend label, its color index,
+/// and one value per row.
+pub type Measure = (String, usize, Vec<f64>);
 
 fn err<E: std::fmt::Debug>(e: E) -> String {
     format!("{e:?}")
@@ -189,6 +194,214 @@ pub fn lines(
     root.present().map_err(err)
 }
 
+/// Horizontal bars, one group per row (named down the left, first at the top) and
+/// one bar per measure: rows are policies, whose names are too long to sit under
+/// vertical bars. `x` is the value axis (`0.0..hi`, or `(lo..hi).log_scale()` when the
+/// values span decades); `mark` draws a dashed reference line with its label.
+pub fn hbars<X>(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    rows: &[String],
+    measures: &[Measure],
+    x: X,
+    mark: Option<(f64, &str)>,
+) -> Res
+where
+    X: AsRangedCoord<Value = f64>,
+    X::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let n = rows.len().max(1);
+    let row_px = 12 + 12 * measures.len() as u32;
+    // A band under the last row holds the legend, so it never hides a bar.
+    let entries = measures.len() + usize::from(mark.is_some());
+    let band = (entries as f64 * 22.0 + 16.0) / row_px as f64;
+    let height = 150 + ((n as f64 + band) * row_px as f64) as u32;
+    let root = BitMapBackend::new(path, (960, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(15)
+        .margin_right(40)
+        .x_label_area_size(45)
+        .y_label_area_size(260)
+        .build_cartesian_2d(x, -band..n as f64)
+        .map_err(err)?;
+    let (lo, hi) = {
+        let r = chart.x_range();
+        (r.start, r.end)
+    };
+    // Row i is the band from n-i-1 to n-i, so the first row is at the top.
+    let row_at = |y: f64| {
+        let i = (n as f64 - y - 0.5).round();
+        ((n as f64 - y - 0.5 - i).abs() < 0.01 && i >= 0.0).then_some(i as usize)
+    };
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels((n + band.ceil() as usize) * 2 + 1)
+        .y_label_formatter(&|y| {
+            row_at(*y)
+                .and_then(|i| rows.get(i))
+                .cloned()
+                .unwrap_or_default()
+        })
+        .x_label_formatter(&|x| tick(*x))
+        .x_desc(x_desc)
+        .label_style(("sans-serif", 16))
+        .draw()
+        .map_err(err)?;
+    let thick = 0.8 / measures.len().max(1) as f64;
+    for (k, (label, ci, values)) in measures.iter().enumerate() {
+        let c = color(*ci);
+        let bars = values.iter().enumerate().map(|(i, v)| {
+            let top = n as f64 - i as f64 - 0.1 - k as f64 * thick;
+            let v = v.clamp(lo, hi);
+            Rectangle::new([(lo, top - thick * 0.9), (v, top)], c.filled())
+        });
+        chart
+            .draw_series(bars)
+            .map_err(err)?
+            .label(label.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
+    }
+    if let Some((at, label)) = mark {
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(at, -band), (at, n as f64)],
+                8,
+                5,
+                BLACK.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label(label)
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    }
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+    root.present().map_err(err)
+}
+
+/// An axis value with no trailing zeros: `200`, `1.5`, `0.25`.
+fn tick(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// A log axis from below the smallest to above the largest of `values` (ms).
+fn log_axis(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let (lo, hi) = values
+        .filter(|v| *v > 0.0)
+        .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    if lo > hi {
+        return 0.1..10.0;
+    }
+    lo * 0.5..hi * 2.0
+}
+
+/// p50, p99 and p99.9 of each run: on a log axis when they span two decades or
+/// more (a slow replica's 500 ms beside 2 ms answers), else a linear one, whose
+/// labels stay readable where a log axis would have only a decade's worth.
+fn latency_bars(path: &Path, title: &str, runs: &[PolicyRun]) -> Res {
+    let rows: Vec<String> = runs.iter().map(PolicyRun::label).collect();
+    let pick = |f: fn(&PolicyRun) -> f64| runs.iter().map(f).collect::<Vec<_>>();
+    let measures = [
+        ("p50".to_string(), 2, pick(|r| r.latency_ms.p50)),
+        ("p99".to_string(), 1, pick(|r| r.latency_ms.p99)),
+        ("p99.9".to_string(), 0, pick(|r| r.latency_ms.p999)),
+    ];
+    let values = || measures.iter().flat_map(|m| m.2.iter().copied());
+    let x = log_axis(values());
+    if x.end / x.start >= 400.0 {
+        hbars(
+            path,
+            title,
+            "latency (ms, log scale)",
+            &rows,
+            &measures,
+            x.log_scale(),
+            None,
+        )
+    } else {
+        let x = linear_axis(values(), 1.0);
+        hbars(path, title, "latency (ms)", &rows, &measures, x, None)
+    }
+}
+
+/// A linear axis from 0 to a little above the largest of `values` (at least `floor`).
+fn linear_axis(values: impl Iterator<Item = f64>, floor: f64) -> std::ops::Range<f64> {
+    0.0..values.fold(floor, f64::max) * 1.15
+}
+
+/// A-5's charts: latency of (a) and (b), the faulty replica's share, (b)'s errors,
+/// (c)'s throughput and latency.
+pub fn stress(dir: &Path, s: &Stress) -> Res {
+    let even = 100.0 / s.replicas.max(1) as f64;
+    let even_label = format!("even share (1/{})", s.replicas);
+    let rows = |runs: &[PolicyRun]| runs.iter().map(PolicyRun::label).collect::<Vec<_>>();
+    latency_bars(
+        &dir.join("a5-slow-latency.png"),
+        &format!(
+            "A-5 (a): latency, {} answering {} ms late (measured)",
+            s.faulty, s.delay_ms
+        ),
+        &s.slow,
+    )?;
+    let share: Vec<f64> = s.slow.iter().map(|r| r.share(&s.faulty)).collect();
+    hbars(
+        &dir.join("a5-slow-share.png"),
+        &format!(
+            "A-5 (a): requests the slow {} answered (measured)",
+            s.faulty
+        ),
+        "% of requests",
+        &rows(&s.slow),
+        &[(format!("{}'s share", s.faulty), 1, share.clone())],
+        linear_axis(share.into_iter(), even),
+        Some((even, &even_label)),
+    )?;
+    latency_bars(
+        &dir.join("a5-failing-latency.png"),
+        &format!(
+            "A-5 (b): latency, {} failing {} % (measured)",
+            s.faulty, s.fail_percent
+        ),
+        &s.failing,
+    )?;
+    let errors: Vec<f64> = s.failing.iter().map(PolicyRun::error_percent).collect();
+    let share: Vec<f64> = s.failing.iter().map(|r| r.share(&s.faulty)).collect();
+    hbars(
+        &dir.join("a5-failing-errors.png"),
+        &format!(
+            "A-5 (b): errors, {} failing {} % (measured)",
+            s.faulty, s.fail_percent
+        ),
+        "% of requests",
+        &rows(&s.failing),
+        &[
+            ("errors".to_string(), 0, errors.clone()),
+            (format!("{}'s share", s.faulty), 1, share.clone()),
+        ],
+        linear_axis(errors.into_iter().chain(share), even),
+        Some((even, &even_label)),
+    )?;
+    let n = format!("/compute?n={}..={}", s.compute_n.0, s.compute_n.1);
+    let throughput: Vec<f64> = s.compute.iter().map(|r| r.throughput).collect();
+    hbars(
+        &dir.join("a5-compute-throughput.png"),
+        &format!("A-5 (c): throughput, {n} (measured)"),
+        "requests per second",
+        &rows(&s.compute),
+        &[("req/s".to_string(), 1, throughput.clone())],
+        linear_axis(throughput.into_iter(), 1.0),
+        None,
+    )?;
+    latency_bars(
+        &dir.join("a5-compute-latency.png"),
+        &format!("A-5 (c): latency, {n} (measured)"),
+        &s.compute,
+    )
+}
+
 /// A-3's timeline: successes and failures per second, replicas healthy (right axis),
 /// and a vertical line at each kill.
 pub fn timeline(path: &Path, r: &Recovery) -> Res {
@@ -285,9 +498,24 @@ pub fn timeline(path: &Path, r: &Recovery) -> Res {
     root.present().map_err(err)
 }
 
-/// Every chart of the report into `dir`.
+/// Every chart of the report into `dir`: of the experiments `res` holds (A-5 alone
+/// when it was run alone into no earlier results).
 pub fn all(dir: &Path, res: &Results, labels: &[String]) -> Res {
     std::fs::create_dir_all(dir).map_err(err)?;
+    if !res.experiments.is_empty() {
+        schemes(dir, res, labels)?;
+    }
+    if let Some(r) = &res.a3 {
+        timeline(&dir.join("a3.png"), r)?;
+    }
+    if let Some(s) = &res.a5 {
+        stress(dir, s)?;
+    }
+    Ok(())
+}
+
+/// and A-4's charts.
+fn schemes(dir: &Path, res: &Results, labels: &[String]) -> Res {
     let find = |name: &str, scheme: &str, n: usize| {
         res.experiments
             .iter()
@@ -383,9 +611,5 @@ pub fn all(dir: &Path, res: &Results, labels: &[String]) -> Res {
         &moved,
         &[],
         true,
-    )?;
-    if let Some(r) = &res.a3 {
-        timeline(&dir.join("a3.png"), r)?;
-    }
-    Ok(())
+    )
 }

@@ -24,6 +24,7 @@ fn options(
     Options {
         url: url.to_string(),
         path: "/home".into(),
+        n_range: None,
         requests,
         duration,
         concurrency,

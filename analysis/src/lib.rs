@@ -1,5 +1,6 @@
 //! The analysis of issue 5: a load generator, real deployments driven by it, ring-only
-//! simulations beside them, and the charts and report made from what was measured.
+//! simulations beside them, the policies under stress, and the charts and report
+//! made from what was measured.
 
 pub mod charts;
 pub mod deploy;
@@ -8,3 +9,4 @@ pub mod loadgen;
 pub mod report;
 pub mod results;
 pub mod sim;
+pub mod stress;

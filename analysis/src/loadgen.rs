@@ -1,11 +1,13 @@
 //! The load generator: `concurrency` tasks send requests to one URL until a request
 //! count or a duration runs out, and record who served each one (`X-Served-By`), its
-//! status and its latency.
+//! status and its latency. A path may hold `{n}`, drawn per request from a range, so
+//! one run can mix cheap and costly requests (`/compute?n={n}`).
 //!
 //! Kept general on purpose: the analysis uses it through [`run`], the `loadgen`
 //! binary from the command line, and later work as a CPU-heavy client.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,8 +50,11 @@ impl std::str::FromStr for KeyMode {
 pub struct Options {
     /// Base URL, e.g. `http://127.0.0.1:5000`.
     pub url: String,
-    /// Path appended to the URL, e.g. `/home`.
+    /// Path appended to the URL, e.g. `/home`; `{n}` in it is replaced per request
+    /// by a number drawn from `n_range`.
     pub path: String,
+    /// Where `{n}` is drawn from, uniformly (`None`: the path has no `{n}`).
+    pub n_range: Option<RangeInclusive<u64>>,
     /// Stop after this many requests (`None`: only the duration bounds the run).
     pub requests: Option<u64>,
     /// Stop after this long (`None`: only the request count bounds the run).
@@ -72,8 +77,16 @@ pub struct Latency {
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
+    /// 0 when not measured: results written before it was recorded lack it, and
+    /// it is left out again rather than written back as if measured.
+    #[serde(default, skip_serializing_if = "not_measured")]
+    pub p999: f64,
     pub max: f64,
     pub mean: f64,
+}
+
+fn not_measured(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// Successes and failures finished in one second of the run.
@@ -96,6 +109,10 @@ pub struct Report {
     pub statuses: BTreeMap<String, u64>,
     /// 2xx answers by the `X-Served-By` header (`"?"` when missing).
     pub counts: BTreeMap<String, u64>,
+    /// Non-2xx answers by `X-Served-By` (the balancer's own errors carry none: `"?"`),
+    /// so a failing replica's share of all answers can be told.
+    #[serde(default)]
+    pub failed_by: BTreeMap<String, u64>,
     pub elapsed_s: f64,
     /// Finished requests per second.
     pub throughput: f64,
@@ -110,6 +127,7 @@ struct Tally {
     latencies_us: Vec<u64>,
     statuses: BTreeMap<String, u64>,
     counts: BTreeMap<String, u64>,
+    failed_by: BTreeMap<String, u64>,
     timeline: Vec<Second>,
 }
 
@@ -128,6 +146,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
     if opts.requests.is_none() && opts.duration.is_none() {
         return Err("give a request count, a duration, or both".into());
     }
+    check_template(&opts.path, opts.n_range.as_ref())?;
     let base: Uri = opts
         .url
         .parse()
@@ -159,14 +178,20 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
                 {
                     break;
                 }
+                let path = match &opts.n_range {
+                    Some(r) => opts
+                        .path
+                        .replace("{n}", &rng.gen_range(r.clone()).to_string()),
+                    None => opts.path.clone(),
+                };
                 let key: u32 = rng.gen_range(100_000..1_000_000);
                 let (uri, header) = match &opts.key {
-                    KeyMode::None => (format!("{base}{}", opts.path), None),
+                    KeyMode::None => (format!("{base}{path}"), None),
                     KeyMode::Query(q) => {
-                        let sep = if opts.path.contains('?') { '&' } else { '?' };
-                        (format!("{base}{}{sep}{q}={key}", opts.path), None)
+                        let sep = if path.contains('?') { '&' } else { '?' };
+                        (format!("{base}{path}{sep}{q}={key}"), None)
                     }
-                    KeyMode::Header(h) => (format!("{base}{}", opts.path), Some((h, key))),
+                    KeyMode::Header(h) => (format!("{base}{path}"), Some((h, key))),
                 };
                 let sent = Instant::now();
                 let outcome = send(&client, &uri, header, opts.timeout).await;
@@ -179,9 +204,12 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
                 }
                 let status = match outcome {
                     Ok((status, served_by)) => {
-                        if (200..300).contains(&status) {
-                            *tally.counts.entry(served_by).or_default() += 1;
-                        }
+                        let by = if (200..300).contains(&status) {
+                            &mut tally.counts
+                        } else {
+                            &mut tally.failed_by
+                        };
+                        *by.entry(served_by).or_default() += 1;
                         status.to_string()
                     }
                     Err(_) => "error".to_string(),
@@ -202,6 +230,9 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         for (k, v) in t.counts {
             *all.counts.entry(k).or_default() += v;
         }
+        for (k, v) in t.failed_by {
+            *all.failed_by.entry(k).or_default() += v;
+        }
         for (i, s) in t.timeline.iter().enumerate() {
             let at = all.second(Duration::from_secs(i as u64));
             at.ok += s.ok;
@@ -218,11 +249,36 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         errors: requests - ok,
         statuses: all.statuses,
         counts: all.counts,
+        failed_by: all.failed_by,
         elapsed_s: elapsed,
         throughput: requests as f64 / elapsed.max(1e-9),
         latency_ms: latency(&mut all.latencies_us),
         timeline: all.timeline,
     })
+}
+
+/// A path with `{n}` needs a range to draw it from, and a range needs a `{n}`.
+fn check_template(path: &str, range: Option<&RangeInclusive<u64>>) -> Result<(), String> {
+    match (path.contains("{n}"), range) {
+        (true, None) => Err(format!("{path} has {{n}}: give a range to draw it from")),
+        (false, Some(_)) => Err(format!("a range was given but {path} has no {{n}}")),
+        (_, Some(r)) if r.is_empty() => Err(format!("the range {r:?} is empty")),
+        _ => Ok(()),
+    }
+}
+
+/// `LO..=HI`, as the command line gives a range for `{n}`.
+pub fn parse_range(s: &str) -> Result<RangeInclusive<u64>, String> {
+    let bad = || format!("'{s}': expected LO..=HI, e.g. 20..=32");
+    let (lo, hi) = s.split_once("..=").ok_or_else(bad)?;
+    let (lo, hi) = (
+        lo.trim().parse().map_err(|_| bad())?,
+        hi.trim().parse().map_err(|_| bad())?,
+    );
+    if lo > hi {
+        return Err(bad());
+    }
+    Ok(lo..=hi)
 }
 
 /// One GET: its status and `X-Served-By`, with the body read to the end so that the
@@ -292,6 +348,7 @@ pub fn latency(samples_us: &mut [u64]) -> Latency {
         p50: at(0.50),
         p90: at(0.90),
         p99: at(0.99),
+        p999: at(0.999),
         max: at(1.0),
         mean: sum as f64 / samples_us.len() as f64 / 1000.0,
     }
@@ -311,8 +368,8 @@ pub fn table(r: &Report) -> String {
         &mut out,
         "latency (ms)",
         format!(
-            "p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
-            l.p50, l.p90, l.p99, l.max
+            "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            l.p50, l.p90, l.p99, l.p999, l.max
         ),
     );
     for (status, n) in &r.statuses {
@@ -322,6 +379,12 @@ pub fn table(r: &Report) -> String {
     for (who, n) in &r.counts {
         let share = *n as f64 / r.ok.max(1) as f64 * 100.0;
         out.push_str(&format!("{who:<16} {n:>8}  {share:>5.1} %\n"));
+    }
+    if !r.failed_by.is_empty() {
+        out.push_str("\nfailed by        requests\n");
+        for (who, n) in &r.failed_by {
+            out.push_str(&format!("{who:<16} {n:>8}\n"));
+        }
     }
     out
 }
@@ -335,6 +398,8 @@ mod tests {
         let mut s: Vec<u64> = (1..=100).map(|i| i * 1000).collect();
         let l = latency(&mut s);
         assert_eq!((l.p50, l.p90, l.p99, l.max), (50.0, 90.0, 99.0, 100.0));
+        let mut s: Vec<u64> = (1..=1000).map(|i| i * 1000).collect();
+        assert_eq!(latency(&mut s).p999, 999.0);
         assert_eq!(latency(&mut []), Latency::default());
     }
 
@@ -345,5 +410,16 @@ mod tests {
         assert_eq!("header:X-Key".parse(), Ok(KeyMode::Header("X-Key".into())));
         assert!("query:".parse::<KeyMode>().is_err());
         assert!("cookie:a".parse::<KeyMode>().is_err());
+    }
+
+    #[test]
+    fn a_template_and_its_range_come_together() {
+        assert_eq!(parse_range("20..=32"), Ok(20..=32));
+        assert!(parse_range("20..32").is_err());
+        assert!(parse_range("32..=20").is_err());
+        assert!(check_template("/compute?n={n}", Some(&(20..=32))).is_ok());
+        assert!(check_template("/home", None).is_ok());
+        assert!(check_template("/compute?n={n}", None).is_err());
+        assert!(check_template("/home", Some(&(1..=2))).is_err());
     }
 }

@@ -16,6 +16,9 @@ pub struct Results {
     pub a3: Option<Recovery>,
     /// Ring-only computations, no deployment involved.
     pub simulation: Simulation,
+    /// A-5: the policies under stress (absent from results written before it).
+    #[serde(default)]
+    pub a5: Option<Stress>,
 }
 
 /// How and where the numbers were taken.
@@ -147,4 +150,175 @@ pub struct SimMovement {
     pub removed: f64,
     /// `1 / (N + 1)`: the share the new (or removed) replica should own.
     pub ideal: f64,
+}
+
+/// A-5: the load-aware policies and the design's hash on one deployment, switched
+/// with `PUT /policy`: (a) one replica slow, (b) one replica failing a share of its
+/// requests, (c) a CPU-heavy workload with no fault.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stress {
+    pub runtime: String,
+    pub replicas: usize,
+    pub cores: usize,
+    /// Seconds since the Unix epoch when A-5 started.
+    pub started_unix: u64,
+    /// Wall time of A-5 alone, deployment included.
+    pub wall_s: f64,
+    /// The replica given the fault in (a) and (b).
+    pub faulty: String,
+    /// (a)'s fault: added to each of its answers.
+    pub delay_ms: u64,
+    /// (b)'s fault: the share of its answers that are `500`.
+    pub fail_percent: u64,
+    /// Counted requests of each (a) and (b) run, and how many in flight.
+    pub requests: u64,
+    pub concurrency: usize,
+    /// Requests sent before each run with its policy and fault, not counted, so the
+    /// policy's estimates settle first.
+    pub warmup: u64,
+    /// (c): counted requests, in flight, warm-up.
+    pub compute_requests: u64,
+    pub compute_concurrency: usize,
+    pub compute_warmup: u64,
+    /// (c) requests `/compute?n=N`, N drawn uniformly from `lo..=hi`.
+    pub compute_n: (u64, u64),
+    /// Whether `/metrics` had `lb_hedges_total`: without it hedges are not counted.
+    pub hedge_counters: bool,
+    /// (a): one replica slow.
+    pub slow: Vec<PolicyRun>,
+    /// (b): one replica failing.
+    pub failing: Vec<PolicyRun>,
+    /// (c): compute.
+    pub compute: Vec<PolicyRun>,
+}
+
+/// One policy's counted run in A-5.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PolicyRun {
+    /// `--policy`.
+    pub policy: String,
+    /// `PUT /policy`'s `hedge` when hedging was on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<String>,
+    /// `PUT /policy`'s `hedge_budget` when hedging was on, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge_budget: Option<f64>,
+    pub requests: u64,
+    pub errors: u64,
+    pub throughput: f64,
+    pub latency_ms: Latency,
+    /// 2xx answers per replica (`X-Served-By`).
+    pub counts: BTreeMap<String, u64>,
+    /// Non-2xx answers per replica (`"?"`: the balancer's own).
+    pub failed_by: BTreeMap<String, u64>,
+    /// Hedges sent during the run (`None`: `/metrics` has no hedge counters).
+    pub hedges: Option<u64>,
+    /// Hedges whose answer won.
+    pub hedge_wins: Option<u64>,
+}
+
+impl PolicyRun {
+    /// The policy, with its hedge when on: the label of tables and charts.
+    pub fn label(&self) -> String {
+        match &self.hedge {
+            Some(h) => match self.hedge_budget {
+                Some(b) => format!("{} + hedge {h} ({b} %)", self.policy),
+                None => format!("{} + hedge {h}", self.policy),
+            },
+            None => self.policy.clone(),
+        }
+    }
+
+    /// The share of all answers `replica` gave, failures included, in percent.
+    pub fn share(&self, replica: &str) -> f64 {
+        let of = |m: &BTreeMap<String, u64>| m.get(replica).copied().unwrap_or(0);
+        percent(of(&self.counts) + of(&self.failed_by), self.requests)
+    }
+
+    /// The busiest replica's share of all answers, in percent.
+    pub fn busiest_share(&self) -> f64 {
+        let names = self.counts.keys().chain(self.failed_by.keys());
+        names.map(|r| self.share(r)).fold(0.0, f64::max)
+    }
+
+    /// Errors in percent of requests.
+    pub fn error_percent(&self) -> f64 {
+        percent(self.errors, self.requests)
+    }
+
+    /// Hedges sent in percent of requests, when counted.
+    pub fn hedge_percent(&self) -> Option<f64> {
+        self.hedges.map(|h| percent(h, self.requests))
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    part as f64 / whole.max(1) as f64 * 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_without_a5_read_and_write_back_unchanged() {
+        // As written before A-5 and p99.9 existed, floats printed to the last digit.
+        let old = r#"{
+  "meta": {
+    "runtime": "docker",
+    "requests": 10000,
+    "concurrency": 50,
+    "cores": 2,
+    "started_unix": 1795459521,
+    "wall_s": 102.358941702
+  },
+  "experiments": [
+    {
+      "name": "A-1",
+      "scheme": "quadratic",
+      "n": 3,
+      "requests": 10000,
+      "counts": {
+        "Server1": 10000
+      },
+      "errors": 0,
+      "throughput": 9541.824461129781,
+      "latency_ms": {
+        "p50": 4.467,
+        "p90": 8.33,
+        "p99": 21.544,
+        "max": 62.27,
+        "mean": 5.219786699999999
+      }
+    }
+  ],
+  "a3": null,
+  "simulation": {
+    "balance": [],
+    "movement": []
+  }
+}"#;
+        let res: Results = serde_json::from_str(old).unwrap();
+        assert!(res.a5.is_none());
+        let back = serde_json::to_string_pretty(&res).unwrap();
+        assert_eq!(back, old.replace("\n}", ",\n  \"a5\": null\n}"));
+    }
+
+    #[test]
+    fn a_policy_run_shares_count_failures_and_label_its_hedge() {
+        let r = PolicyRun {
+            policy: "round-robin".into(),
+            hedge: Some("p95".into()),
+            requests: 100,
+            errors: 4,
+            counts: [("Server1".into(), 76), ("Server3".into(), 16)].into(),
+            failed_by: [("Server3".into(), 4)].into(),
+            hedges: Some(5),
+            ..PolicyRun::default()
+        };
+        assert_eq!(r.label(), "round-robin + hedge p95");
+        assert_eq!(r.share("Server3"), 20.0);
+        assert_eq!(r.busiest_share(), 76.0);
+        assert_eq!((r.error_percent(), r.hedge_percent()), (4.0, Some(5.0)));
+    }
 }

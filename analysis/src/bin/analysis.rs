@@ -1,18 +1,26 @@
-//! `analysis`: runs experiments against real deployments, adds ring-only
+//! `analysis`: runs experiments against real deployments, adds ring-only
 //! simulations, and writes `results.json`, `charts/*.png` and `report.md`.
 //! `make analysis` runs it; `--report-only` redraws charts and report from an
-//! existing `results.json`.
+//! existing `results.json`; `--only a5` reruns A-5 and keeps the rest of it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use analysis::deploy::{Runtime, Spec};
 use analysis::experiments::{self, Load};
 use analysis::results::{Meta, Results, Simulation};
+use analysis::stress::{self, Plan};
 use analysis::{charts, report, sim};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
-/// Experiments, their charts and report.
+/// An experiment that can be rerun alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Only {
+    /// A-5, the policies under stress.
+    A5,
+}
+
+/// Experiments, their charts and report.
 #[derive(Debug, Parser)]
 #[command(name = "analysis")]
 struct Args {
@@ -25,12 +33,21 @@ struct Args {
     /// Directory of the `load_balancer` and `server` binaries.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
-    /// Requests per run.
+    /// Requests per run of.
     #[arg(long, default_value_t = 10_000)]
     requests: u64,
-    /// Requests in flight at once.
+    /// Requests in flight at once in.
     #[arg(long, default_value_t = 50)]
     concurrency: usize,
+    /// Requests per policy in A-5's slow and failing replica runs.
+    #[arg(long, default_value_t = 20_000)]
+    a5_requests: u64,
+    /// Requests per policy in A-5's compute runs.
+    #[arg(long, default_value_t = 5_000)]
+    a5_compute_requests: u64,
+    /// Run only this experiment; the others' results stay as results.json has them.
+    #[arg(long, value_enum, conflicts_with = "report_only")]
+    only: Option<Only>,
     /// Only redraw charts and report from the existing results.json.
     #[arg(long)]
     report_only: bool,
@@ -48,11 +65,12 @@ fn run(args: Args) -> Result<(), String> {
     let results_path = args.out.join("results.json");
     charts::register_font()?;
     let res = if args.report_only {
-        let text = std::fs::read_to_string(&results_path)
-            .map_err(|e| format!("{}: {e}", results_path.display()))?;
-        serde_json::from_str(&text).map_err(|e| e.to_string())?
+        read_results(&results_path)?
     } else {
-        let res = measure(&args)?;
+        let res = match args.only {
+            Some(Only::A5) => only_a5(&args, &results_path)?,
+            None => measure(&args)?,
+        };
         let json = serde_json::to_string_pretty(&res).map_err(|e| e.to_string())?;
         std::fs::write(&results_path, json + "\n").map_err(|e| e.to_string())?;
         res
@@ -69,18 +87,19 @@ fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-fn measure(args: &Args) -> Result<Results, String> {
-    let started = Instant::now();
+fn read_results(path: &Path) -> Result<Results, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// What every deployment starts from.
+fn base_spec(args: &Args) -> Result<Spec, String> {
     let runtime = match args.runtime.as_str() {
         "docker" => Runtime::Docker,
         "process" => Runtime::Process,
         other => return Err(format!("unknown runtime '{other}': docker or process")),
     };
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let base = Spec {
+    Ok(Spec {
         bin_dir: args.bin_dir.clone(),
         runtime,
         scheme: "quadratic".into(),
@@ -88,7 +107,36 @@ fn measure(args: &Args) -> Result<Results, String> {
         replicas: 3,
         tag: format!("{}", std::process::id()),
         log_dir: PathBuf::from("target/analysis-logs"),
+    })
+}
+
+fn plan(args: &Args) -> Plan {
+    Plan {
+        requests: args.a5_requests,
+        compute_requests: args.a5_compute_requests,
+    }
+}
+
+/// A-5 alone, into the results already there (none yet: stay empty).
+fn only_a5(args: &Args, results_path: &Path) -> Result<Results, String> {
+    let mut res = if results_path.exists() {
+        read_results(results_path)?
+    } else {
+        Results::default()
     };
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    res.a5 = Some(stress::run(&rt, &base_spec(args)?, &plan(args))?);
+    Ok(res)
+}
+
+fn measure(args: &Args) -> Result<Results, String> {
+    let started = Instant::now();
+    let base = base_spec(args)?;
+    let runtime = base.runtime;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let load = Load {
         requests: args.requests,
         concurrency: args.concurrency,
@@ -114,6 +162,7 @@ fn measure(args: &Args) -> Result<Results, String> {
             simulation.movement.push(sim::movement(&config, n));
         }
     }
+    let a5 = stress::run(&rt, &base, &plan(args))?;
     Ok(Results {
         meta: Meta {
             runtime: runtime.name().into(),
@@ -126,5 +175,6 @@ fn measure(args: &Args) -> Result<Results, String> {
         experiments,
         a3: Some(a3),
         simulation,
+        a5: Some(a5),
     })
 }

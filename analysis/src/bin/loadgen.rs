@@ -1,5 +1,5 @@
 //! `loadgen`: drives an HTTP server with concurrent GETs and reports per-replica
-//! counts (from `X-Served-By`), throughput, latency percentiles and errors.
+//! counts (from `X-Served-By`), throughput, latency percentiles (to p99.9) and errors.
 
 use std::time::Duration;
 
@@ -13,9 +13,13 @@ struct Args {
     /// Target base URL (http only).
     #[arg(default_value = "http://127.0.0.1:5000")]
     url: String,
-    /// Path to request.
+    /// Path to request; `{n}` in it is replaced per request by a number drawn from
+    /// --n-range (e.g. `/compute?n={n}`).
     #[arg(long, default_value = "/home")]
     path: String,
+    /// Where `{n}` is drawn from, uniformly: `LO..=HI`, e.g. `20..=32`.
+    #[arg(long, value_parser = loadgen::parse_range)]
+    n_range: Option<std::ops::RangeInclusive<u64>>,
     /// Total requests [default: 10000 when no --duration is given].
     #[arg(short = 'n', long)]
     requests: Option<u64>,
@@ -67,6 +71,7 @@ fn main() {
     let opts = Options {
         url: args.url,
         path: args.path,
+        n_range: args.n_range,
         requests: args.requests.or(args.duration.is_none().then_some(10_000)),
         duration: args.duration,
         concurrency: args.concurrency.max(1),
