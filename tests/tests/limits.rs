@@ -324,11 +324,13 @@ fn listening_ports(pid: u32) -> Vec<u16> {
 
 #[test]
 fn the_internal_admin_listener_serves_only_the_balancers_own_relay() {
-    let (lb, _b) = balancer(&[]);
+    let grpc = e2e::free_port();
+    let grpc_listen = format!("127.0.0.1:{grpc}");
+    let (lb, _b) = balancer(&["--grpc-listen", &grpc_listen]);
     let public: u16 = lb.base.rsplit(':').next().unwrap().parse().unwrap();
     let internal: Vec<u16> = listening_ports(lb.pid())
         .into_iter()
-        .filter(|p| *p != public)
+        .filter(|p| *p != public && *p != grpc)
         .collect();
     assert_eq!(internal.len(), 1, "{internal:?}");
     let direct = format!("http://127.0.0.1:{}", internal[0]);
