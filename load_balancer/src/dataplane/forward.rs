@@ -393,7 +393,7 @@ async fn forward(
     };
     let mut candidates = snap.picker.candidates(&ask).peekable();
     let mut tried = 0;
-    if let Some(delay) = hedge_delay(worker, snap, info) {
+    if let Some(delay) = hedge_delay(worker, snap, info, b.started) {
         if let Some(first) = candidates.next() {
             tried += 1;
             let finished = hedge::race(
@@ -442,12 +442,17 @@ async fn forward(
 
 /// How long to wait before hedging this request, if it may be hedged: idempotent,
 /// no body, no upgrade, hedging on, and (for a percentile) enough samples.
-fn hedge_delay(worker: &Worker, snap: &Snapshot, info: &RequestInfo) -> Option<Duration> {
+fn hedge_delay(
+    worker: &Worker,
+    snap: &Snapshot,
+    info: &RequestInfo,
+    started: Instant,
+) -> Option<Duration> {
     let hedge = snap.settings.hedge?;
     if !info.retryable || info.upgrade || info.framing != Framing::Empty {
         return None;
     }
-    worker.hedging.earn(snap.settings.hedge_budget);
+    worker.hedging.earn(snap.settings.hedge_budget, started);
     worker.hedging.delay(hedge)
 }
 

@@ -6,9 +6,10 @@
 //! sees one answer whatever happens.
 //!
 //! Hedges are paid for from a budget, as Finagle's retry budgets: each eligible
-//! request earns `budget`% of a hedge, each hedge spends one, so hedges stay under
-//! that share of requests even when every replica is slow (when hedging would only
-//! add load). The running percentile for `--hedge pNN` comes from a window of recent
+//! request earns `budget`% of a hedge, each hedge spends one, and savings fade over
+//! ten seconds, so hedges stay under that share of the requests of the last ten
+//! seconds or so, even when every replica is slow (when hedging would only add
+//! load), while a burst of slow answers within that share is still covered. The running percentile for `--hedge pNN` comes from a window of recent
 //! response times. Both are per worker thread: no lock, no atomic.
 
 use std::cell::{Cell, RefCell};
@@ -36,14 +37,17 @@ const MIN_SAMPLES: usize = 100;
 /// How often, in samples, the percentile is recomputed.
 const RECOMPUTE_EVERY: usize = 64;
 
-/// The most hedges saved up, so a quiet spell cannot fund a burst.
-const MAX_SAVED: f64 = 10.0;
+/// How fast savings fade: a hedge earned this long ago is worth 1/e, so a quiet
+/// spell cannot fund a burst later (Finagle's retry budgets keep deposits 10 s).
+const SAVINGS_FADE: Duration = Duration::from_secs(10);
 
 /// A worker's hedging state.
 #[derive(Debug, Default)]
 pub struct Hedging {
     window: RefCell<Window>,
     saved: Cell<f64>,
+    /// When `saved` was last brought up to date.
+    saved_at: Cell<Option<Instant>>,
 }
 
 #[derive(Debug, Default)]
@@ -99,10 +103,18 @@ impl Hedging {
         }
     }
 
-    /// An eligible request earns `budget`% of a hedge.
-    pub fn earn(&self, budget_percent: f64) {
-        let saved = self.saved.get() + budget_percent / 100.0;
-        self.saved.set(saved.min(MAX_SAVED));
+    /// An eligible request at `now` earns `budget`% of a hedge; what was saved
+    /// before has faded by then.
+    pub fn earn(&self, budget_percent: f64, now: Instant) {
+        let faded = match self.saved_at.get() {
+            Some(then) => {
+                let age = now.saturating_duration_since(then).as_secs_f64();
+                self.saved.get() * (-age / SAVINGS_FADE.as_secs_f64()).exp()
+            }
+            None => 0.0,
+        };
+        self.saved_at.set(Some(now));
+        self.saved.set(faded + budget_percent / 100.0);
     }
 
     /// Spends one hedge if the budget has one.
@@ -303,26 +315,44 @@ mod tests {
     #[test]
     fn hedges_stay_within_the_budget() {
         let h = Hedging::default();
+        let start = Instant::now();
         let mut hedged = 0;
-        for _ in 0..10_000 {
-            h.earn(5.0);
+        // 10,000 requests over one second.
+        for i in 0..10_000u32 {
+            h.earn(5.0, start + i * Duration::from_micros(100));
             if h.spend() {
                 hedged += 1;
             }
         }
-        assert!((499..=500).contains(&hedged), "{hedged}");
+        assert!((480..=500).contains(&hedged), "{hedged}");
         let none = Hedging::default();
-        none.earn(0.0);
+        none.earn(0.0, start);
         assert!(!none.spend());
     }
 
     #[test]
-    fn savings_are_capped_so_a_quiet_spell_cannot_fund_a_burst() {
+    fn a_burst_within_the_budget_of_recent_requests_is_covered() {
         let h = Hedging::default();
-        for _ in 0..100_000 {
-            h.earn(5.0);
+        let start = Instant::now();
+        for i in 0..1000u32 {
+            h.earn(25.0, start + i * MS);
         }
-        let burst = std::iter::from_fn(|| h.spend().then_some(())).count();
-        assert_eq!(burst, MAX_SAVED as usize);
+        // A second of traffic saved about 250 hedges: 200 slow answers at once are
+        // all hedged.
+        let at = start + 1000 * MS;
+        h.earn(25.0, at);
+        let burst = (0..200).filter(|_| h.spend()).count();
+        assert_eq!(burst, 200);
+    }
+
+    #[test]
+    fn savings_fade_so_a_quiet_spell_cannot_fund_a_burst() {
+        let h = Hedging::default();
+        let start = Instant::now();
+        for i in 0..1000u32 {
+            h.earn(25.0, start + i * MS);
+        }
+        h.earn(0.0, start + Duration::from_secs(60));
+        assert!(!h.spend());
     }
 }
