@@ -207,25 +207,42 @@ fn slow_meaning(w: &mut String, s: &Stress) {
             )
         })
         .collect();
-    let budget = hedged[0].hedge_budget.unwrap_or(0.0);
-    let _ =
-        writeln!(
+    let share = rr.share(f);
+    // What each budget leaves unhedged, and whether a percentile hedge waits for
+    // the slow answers themselves.
+    let budgets: Vec<String> = hedged
+        .iter()
+        .filter_map(|r| r.hedge_budget)
+        .fold(Vec::<f64>::new(), |mut seen, b| {
+            if !seen.contains(&b) {
+                seen.push(b);
+            }
+            seen
+        })
+        .iter()
+        .map(|b| {
+            if *b < share {
+                format!(
+                    "a {b} % budget leaves at least {:.1} % of requests waiting for {f}'s answer, \
+                     above the 1 % that sets p99 and the 0.1 % that sets p99.9",
+                    share - b
+                )
+            } else {
+                format!("a {b} % budget covers every one of them")
+            }
+        })
+        .collect();
+    let _ = writeln!(
         w,
         "- (a) Hedged `round-robin`: {} (unhedged: p99 {:.1} ms, p99.9 {:.1} ms). `round-robin` \
-         sends {f} {:.1} % of requests; a hedge goes out only within the {budget} % budget, so at \
-         least {:.1} % of requests still wait for {f}'s answer, above the 1 % that sets p99 and \
-         the 0.1 % that sets p99.9. A percentile hedge waits for the running percentile of \
-         response times, which is {f}'s delay itself once more than {} % of answers are that \
-         slow: it then fires when the slow answer is about to arrive anyway.",
+         sends {f} {share:.1} % of requests: {}. A percentile hedge waits for the running \
+         percentile of response times, which is {f}'s delay itself once more than 100 − NN % \
+         of answers are that slow (`p95` here): it then fires when the slow answer is about to \
+         arrive anyway; below that share (`p75`), it fires early.",
         each.join("; "),
         rr.latency_ms.p99,
         rr.latency_ms.p999,
-        rr.share(f),
-        (rr.share(f) - budget).max(0.0),
-        hedged
-            .iter()
-            .find_map(|r| r.hedge.as_deref()?.strip_prefix('p')?.parse::<f64>().ok())
-            .map_or("5".into(), |p| format!("{:.1}", 100.0 - p).trim_end_matches(".0").to_string())
+        budgets.join("; ")
     );
 }
 
