@@ -331,7 +331,12 @@ fn a_balancer_started_while_etcd_is_down_finds_the_backends_once_it_is_up() {
         "etcd discovery: etcd up to b1 routable in {:?}",
         routable - back
     );
-    let list = etcd.list(&format!("/lb/{inst}/balancers/"));
+    // Its own entry is written again after the listing, so it may come a moment later.
+    let prefix = format!("/lb/{inst}/balancers/");
+    let (list, _) = wait_for("the balancer's own entry", SOON, || {
+        let list = etcd.list(&prefix);
+        (!list.is_empty()).then_some(list)
+    });
     assert_eq!(list.len(), 1, "{list:?}");
 }
 
