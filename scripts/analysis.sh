@@ -2,7 +2,8 @@
 # `make analysis`: builds what the experiments need, runs them against a real
 # deployment (Docker by default, RUNTIME=process for child processes), and writes
 # analysis/results.json, analysis/charts/*.png and analysis/report.md. Arguments go
-# to `analysis`: `bash scripts/analysis.sh --only a5` reruns A-5 alone.
+# to `analysis`: `bash scripts/analysis.sh --only a5` (or `--only a6`) reruns that
+# experiment alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME=${RUNTIME:-docker}

@@ -7,7 +7,9 @@ use std::path::Path;
 use plotters::coord::ranged1d::{AsRangedCoord, Ranged, ValueFormatter};
 use plotters::prelude::*;
 
-use crate::results::{PolicyRun, Recovery, Results, Run, Stress};
+use crate::loadgen::Latency;
+
+use crate::results::{LookAside, PolicyRun, Recovery, Results, Run, Side, Stress};
 
 /// Where the font is looked for.
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -402,6 +404,78 @@ pub fn stress(dir: &Path, s: &Stress) -> Res {
     )
 }
 
+/// A-6's charts: successful requests per second, latency of the successful ones,
+/// and the share that failed, each strategy through both paths.
+pub fn lookaside(dir: &Path, l: &LookAside) -> Res {
+    let rows: Vec<String> = l.strategies.iter().map(|r| r.strategy.clone()).collect();
+    let per = |path: usize, f: &dyn Fn(&Side) -> f64| -> Vec<f64> {
+        l.strategies.iter().map(|r| f(&r.sides()[path])).collect()
+    };
+    let load = format!(
+        "{} clients, {} backends × {}",
+        l.clients, l.backends, l.max_concurrent
+    );
+    let goodput = [
+        ("look-aside".to_string(), 1, per(0, &|s| s.goodput())),
+        ("proxy".to_string(), 0, per(1, &|s| s.goodput())),
+    ];
+    hbars(
+        &dir.join("a6-throughput.png"),
+        &format!("A-6: successful requests per second, {load} (measured)"),
+        "successful requests per second",
+        &rows,
+        &goodput,
+        linear_axis(goodput.iter().flat_map(|m| m.2.iter().copied()), 1.0),
+        None,
+    )?;
+    let ok = |s: &Side, f: fn(&Latency) -> f64| s.ok_latency_ms.map_or(0.0, f);
+    let latency = [
+        (
+            "look-aside avg".to_string(),
+            1,
+            per(0, &|s| ok(s, |l| l.mean)),
+        ),
+        (
+            "look-aside p99".to_string(),
+            5,
+            per(0, &|s| ok(s, |l| l.p99)),
+        ),
+        ("proxy avg".to_string(), 0, per(1, &|s| ok(s, |l| l.mean))),
+        ("proxy p99".to_string(), 4, per(1, &|s| ok(s, |l| l.p99))),
+    ];
+    let title = format!("A-6: latency of successful requests, {load} (measured)");
+    let values = || latency.iter().flat_map(|m| m.2.iter().copied());
+    let x = log_axis(values());
+    let path = dir.join("a6-latency.png");
+    if x.end / x.start >= 400.0 {
+        hbars(
+            &path,
+            &title,
+            "latency (ms, log scale)",
+            &rows,
+            &latency,
+            x.log_scale(),
+            None,
+        )?;
+    } else {
+        let x = linear_axis(values(), 1.0);
+        hbars(&path, &title, "latency (ms)", &rows, &latency, x, None)?;
+    }
+    let errors = [
+        ("look-aside".to_string(), 1, per(0, &|s| s.error_percent())),
+        ("proxy".to_string(), 0, per(1, &|s| s.error_percent())),
+    ];
+    hbars(
+        &dir.join("a6-errors.png"),
+        &format!("A-6: requests turned away or failed, {load} (measured)"),
+        "% of requests",
+        &rows,
+        &errors,
+        linear_axis(errors.iter().flat_map(|m| m.2.iter().copied()), 1.0),
+        None,
+    )
+}
+
 /// A-3's timeline: successes and failures per second, replicas healthy (right axis),
 /// and a vertical line at each kill.
 pub fn timeline(path: &Path, r: &Recovery) -> Res {
@@ -498,8 +572,8 @@ pub fn timeline(path: &Path, r: &Recovery) -> Res {
     root.present().map_err(err)
 }
 
-/// Every chart of the report into `dir`: of the experiments `res` holds (A-5 alone
-/// when it was run alone into no earlier results).
+/// Every chart of the report into `dir`: of the experiments `res` holds (A-5 or A-6
+/// alone when it was run alone into no earlier results).
 pub fn all(dir: &Path, res: &Results, labels: &[String]) -> Res {
     std::fs::create_dir_all(dir).map_err(err)?;
     if !res.experiments.is_empty() {
@@ -510,6 +584,9 @@ pub fn all(dir: &Path, res: &Results, labels: &[String]) -> Res {
     }
     if let Some(s) = &res.a5 {
         stress(dir, s)?;
+    }
+    if let Some(l) = &res.a6 {
+        lookaside(dir, l)?;
     }
     Ok(())
 }

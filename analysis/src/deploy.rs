@@ -45,6 +45,8 @@ pub struct Spec {
     pub tag: String,
     /// Where the balancer's stderr goes.
     pub log_dir: PathBuf,
+    /// Further flags for the balancer (e.g. `--grpc-listen 127.0.0.1:0`).
+    pub extra_args: Vec<String>,
 }
 
 /// A running balancer and its replicas.
@@ -52,6 +54,8 @@ pub struct Deployment {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The look-aside gRPC service's `HOST:PORT`, when the balancer printed one.
+    pub grpc: Option<String>,
     runtime: Runtime,
     instance: String,
     agent: ureq::Agent,
@@ -75,6 +79,7 @@ impl Deployment {
         if let Some(c) = spec.balance_factor {
             cmd.args(["--balance-factor", &c.to_string()]);
         }
+        cmd.args(&spec.extra_args);
         match spec.runtime {
             Runtime::Docker => {
                 cmd.args(["--instance", &instance, "--network", &instance])
@@ -89,29 +94,46 @@ impl Deployment {
             .map_err(|e| format!("cannot start {}: {e}", spec.bin_dir.display()))?;
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = mpsc::channel();
-        // The balancer prints `listening on http://ADDR` once bound; keep draining its
+        // The balancer prints `grpc listening on http://ADDR` (with look-aside on),
+        // then `listening on http://ADDR` once everything is bound; keep draining its
         // stdout afterwards so it never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(url.to_string());
+                    let _ = tx.send((false, url.to_string()));
+                } else if let Some(url) = line.strip_prefix("grpc listening on ") {
+                    let _ = tx.send((true, url.to_string()));
                 }
             }
         });
         let mut dep = Deployment {
             child,
             url: String::new(),
+            grpc: None,
             runtime: spec.runtime,
             instance,
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(30))
                 .build(),
         };
-        dep.url = rx
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| "the balancer did not start listening within 30 s".to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while dep.url.is_empty() {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok((true, grpc)) => {
+                    dep.grpc = Some(grpc.trim_start_matches("http://").to_string());
+                }
+                Ok((false, url)) => dep.url = url,
+                Err(_) => return Err("the balancer did not start listening within 30 s".into()),
+            }
+        }
         dep.wait_healthy(spec.replicas, Duration::from_secs(60))?;
         Ok(dep)
+    }
+
+    /// The balancer's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `GET /status`'s `message`.

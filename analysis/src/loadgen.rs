@@ -117,6 +117,9 @@ pub struct Report {
     /// Finished requests per second.
     pub throughput: f64,
     pub latency_ms: Latency,
+    /// Of the 2xx answers alone (absent from results written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok_latency_ms: Option<Latency>,
     /// Per second of the run, from its start.
     pub timeline: Vec<Second>,
 }
@@ -125,6 +128,7 @@ pub struct Report {
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u64>,
+    ok_latencies_us: Vec<u64>,
     statuses: BTreeMap<String, u64>,
     counts: BTreeMap<String, u64>,
     failed_by: BTreeMap<String, u64>,
@@ -196,10 +200,14 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
                 let sent = Instant::now();
                 let outcome = send(&client, &uri, header, opts.timeout).await;
                 let done = Instant::now();
-                tally.latencies_us.push((done - sent).as_micros() as u64);
+                let took = (done - sent).as_micros() as u64;
+                tally.latencies_us.push(took);
                 let second = tally.second(done - start);
                 match &outcome {
-                    Ok((status, _)) if (200..300).contains(status) => second.ok += 1,
+                    Ok((status, _)) if (200..300).contains(status) => {
+                        second.ok += 1;
+                        tally.ok_latencies_us.push(took);
+                    }
                     _ => second.failed += 1,
                 }
                 let status = match outcome {
@@ -224,6 +232,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
     for t in tasks {
         let t = t.await.map_err(|e| format!("a load task failed: {e}"))?;
         all.latencies_us.extend(t.latencies_us);
+        all.ok_latencies_us.extend(t.ok_latencies_us);
         for (k, v) in t.statuses {
             *all.statuses.entry(k).or_default() += v;
         }
@@ -253,6 +262,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         elapsed_s: elapsed,
         throughput: requests as f64 / elapsed.max(1e-9),
         latency_ms: latency(&mut all.latencies_us),
+        ok_latency_ms: Some(latency(&mut all.ok_latencies_us)),
         timeline: all.timeline,
     })
 }
@@ -315,11 +325,17 @@ async fn send(
 }
 
 fn progress_bar(opts: &Options) -> ProgressBar {
+    progress(opts.requests, opts.progress)
+}
+
+/// A progress bar on stderr, of `requests` when the run is bounded by a count (a
+/// spinner otherwise); hidden when `on` is false or stdout is not a terminal.
+pub fn progress(requests: Option<u64>, on: bool) -> ProgressBar {
     use std::io::IsTerminal;
-    if !opts.progress || !std::io::stdout().is_terminal() {
+    if !on || !std::io::stdout().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = match opts.requests {
+    let bar = match requests {
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::new_spinner(),
     };
@@ -372,21 +388,51 @@ pub fn table(r: &Report) -> String {
             l.p50, l.p90, l.p99, l.p999, l.max
         ),
     );
+    if let Some(l) = &r.ok_latency_ms {
+        line(
+            &mut out,
+            "2xx only (ms)",
+            format!(
+                "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                l.p50, l.p90, l.p99, l.p999, l.max
+            ),
+        );
+    }
     for (status, n) in &r.statuses {
         line(&mut out, &format!("status {status}"), n.to_string());
     }
-    out.push_str("\nserved by        requests   share\n");
-    for (who, n) in &r.counts {
-        let share = *n as f64 / r.ok.max(1) as f64 * 100.0;
+    per_backend(
+        &mut out,
+        "served by",
+        &r.counts,
+        r.ok,
+        "failed by",
+        &r.failed_by,
+    );
+    out
+}
+
+/// The per-backend part of a summary: requests each answered with their share of
+/// the successful ones, then the failures each caused.
+pub fn per_backend(
+    out: &mut String,
+    served: &str,
+    counts: &BTreeMap<String, u64>,
+    ok: u64,
+    failed: &str,
+    failed_by: &BTreeMap<String, u64>,
+) {
+    out.push_str(&format!("\n{served:<16} requests   share\n"));
+    for (who, n) in counts {
+        let share = *n as f64 / ok.max(1) as f64 * 100.0;
         out.push_str(&format!("{who:<16} {n:>8}  {share:>5.1} %\n"));
     }
-    if !r.failed_by.is_empty() {
-        out.push_str("\nfailed by        requests\n");
-        for (who, n) in &r.failed_by {
+    if !failed_by.is_empty() {
+        out.push_str(&format!("\n{failed:<16} requests\n"));
+        for (who, n) in failed_by {
             out.push_str(&format!("{who:<16} {n:>8}\n"));
         }
     }
-    out
 }
 
 #[cfg(test)]

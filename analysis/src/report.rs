@@ -1,7 +1,8 @@
 //! `analysis/report.md`, written from [`Results`] only: every figure in it is one
-//! that was measured or computed in the same run (A-5's in its own when it was rerun
-//! alone with `--only a5`).
+//! that was measured or computed in the same run (A-5's or A-6's in its own when it
+//! was rerun alone with `--only`).
 
+mod a6;
 mod stress;
 
 use std::fmt::Write;
@@ -27,19 +28,23 @@ fn counts_cell(r: &Run) -> String {
         .join(" / ")
 }
 
-/// The report's Markdown: the experiments `res` holds (A-5 alone when it was run
-/// alone into no earlier results).
+/// The report's Markdown: the experiments `res` holds (A-5 or A-6 alone when it was
+/// run alone into no earlier results).
 pub fn markdown(res: &Results, labels: &[String]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "# Analysis: balance, scaling, recovery, hash schemes and policies under stress\n"
+        "# Analysis: balance, scaling, recovery, hash schemes, policies under stress and \
+         look-aside\n"
     );
     if !res.experiments.is_empty() || res.a3.is_some() {
         schemes(&mut o, res, labels);
     }
     if let Some(s) = &res.a5 {
         stress::markdown(&mut o, s);
+    }
+    if let Some(l) = &res.a6 {
+        a6::markdown(&mut o, l);
     }
     o
 }

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::loadgen::{Latency, Second};
+use crate::loadgen::{self, Latency, Second};
+use crate::lookaside;
 
 /// Everything one `make analysis` measured and computed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -19,6 +20,10 @@ pub struct Results {
     /// the policies under stress (absent from results written before it).
     #[serde(default)]
     pub a5: Option<Stress>,
+    /// look-aside against the proxy (absent from results written before it,
+    /// and then left out again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a6: Option<LookAside>,
 }
 
 /// How and where the numbers were taken.
@@ -252,6 +257,155 @@ impl PolicyRun {
     }
 }
 
+/// A-6, the seeds' look-aside experiment at this machine's scale: backends that
+/// register themselves over gRPC and turn work away past `max_concurrent`; clients
+/// that ask `GetBestServer` and call `Compute` themselves, per strategy; and the same
+/// workload through the HTTP proxy with the balancer's policy set to that strategy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LookAside {
+    pub runtime: String,
+    pub cores: usize,
+    /// Seconds since the Unix epoch when A-6 started.
+    pub started_unix: u64,
+    /// Wall time of A-6 alone, deployment included.
+    pub wall_s: f64,
+    /// The machine's 1-minute load average when A-6 started (`/proc/loadavg`): work
+    /// other than A-6's that shared the cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_average: Option<f64>,
+    /// `server` processes, each `--register-with` the balancer.
+    pub backends: usize,
+    /// Each backend's `--max-concurrent`.
+    pub max_concurrent: u64,
+    /// Each backend's `--report-interval`, in milliseconds.
+    pub report_interval_ms: u64,
+    /// Look-aside client loops, and HTTP requests in flight.
+    pub clients: usize,
+    /// Length of each run, in seconds.
+    pub duration_s: f64,
+    /// fib(N), N drawn uniformly from `lo..=hi` per request.
+    pub task: (u64, u64),
+    /// One run per strategy, each through both paths.
+    pub strategies: Vec<StrategyRuns>,
+    /// One client loop calling only `GetBestServer`.
+    pub get_best: GetBestRate,
+}
+
+/// One strategy through both paths.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StrategyRuns {
+    /// The strategy, snake_case (`round_robin`).
+    pub strategy: String,
+    /// The balancer's policy of that name (`round-robin`), set with `PUT /policy`
+    /// for the proxy run.
+    pub policy: String,
+    /// `GetBestServer` then `Compute`, per client loop.
+    pub look_aside: lookaside::Report,
+    /// `GET /compute?n=N` through the balancer's HTTP data plane.
+    pub proxy: loadgen::Report,
+}
+
+impl StrategyRuns {
+    /// Both paths, look-aside first, seen alike.
+    pub fn sides(&self) -> [Side<'_>; 2] {
+        let (a, p) = (&self.look_aside, &self.proxy);
+        [
+            Side {
+                path: "look-aside",
+                requests: a.requests,
+                ok: a.ok,
+                errors: a.errors,
+                elapsed_s: a.elapsed_s,
+                latency_ms: &a.latency_ms,
+                ok_latency_ms: Some(&a.ok_latency_ms),
+                get_best_ms: Some(&a.get_best_ms),
+                errors_by: a.error_codes.clone(),
+                counts: &a.counts,
+            },
+            Side {
+                path: "proxy",
+                requests: p.requests,
+                ok: p.ok,
+                errors: p.errors,
+                elapsed_s: p.elapsed_s,
+                latency_ms: &p.latency_ms,
+                ok_latency_ms: p.ok_latency_ms.as_ref(),
+                get_best_ms: None,
+                errors_by: p
+                    .statuses
+                    .iter()
+                    .filter(|(s, _)| !s.starts_with('2'))
+                    .map(|(s, n)| (s.clone(), *n))
+                    .collect(),
+                counts: &p.counts,
+            },
+        ]
+    }
+}
+
+/// One path of an A-6 run, whichever it was.
+#[derive(Debug, Clone)]
+pub struct Side<'a> {
+    /// `look-aside` or `proxy`.
+    pub path: &'static str,
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub elapsed_s: f64,
+    /// Of every request.
+    pub latency_ms: &'a Latency,
+    /// Of the successful ones.
+    pub ok_latency_ms: Option<&'a Latency>,
+    /// Of `GetBestServer` alone (look-aside).
+    pub get_best_ms: Option<&'a Latency>,
+    /// Failures by gRPC call and code (look-aside) or by status (proxy).
+    pub errors_by: BTreeMap<String, u64>,
+    /// Successful requests per backend.
+    pub counts: &'a BTreeMap<String, u64>,
+}
+
+impl Side<'_> {
+    /// Successful requests per second.
+    pub fn goodput(&self) -> f64 {
+        self.ok as f64 / self.elapsed_s.max(1e-9)
+    }
+
+    /// Failed requests in percent of all.
+    pub fn error_percent(&self) -> f64 {
+        percent(self.errors, self.requests)
+    }
+
+    /// The backend that served the most, and its share of the successful requests
+    /// in percent.
+    pub fn busiest(&self) -> Option<(&str, f64)> {
+        self.counts
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(name, n)| (name.as_str(), percent(*n, self.ok)))
+    }
+}
+
+/// `GetBestServer` alone, from one client loop: the balancer's answer rate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GetBestRate {
+    pub strategy: String,
+    pub report: lookaside::Report,
+    /// CPU seconds the balancer process spent during the run (`/proc`), when read.
+    pub balancer_cpu_s: Option<f64>,
+    /// CPU seconds the client (the `analysis` process) spent during the run.
+    pub client_cpu_s: Option<f64>,
+}
+
+impl GetBestRate {
+    /// Calls answered per second of the balancer's CPU time: what one core fully
+    /// given to the balancer would answer at this cost per call.
+    pub fn per_cpu_second(&self) -> Option<f64> {
+        self.balancer_cpu_s
+            .filter(|c| *c > 0.0)
+            .map(|c| self.report.ok as f64 / c)
+    }
+}
+
 fn percent(part: u64, whole: u64) -> f64 {
     part as f64 / whole.max(1) as f64 * 100.0
 }
@@ -302,6 +456,63 @@ mod tests {
         assert!(res.a5.is_none());
         let back = serde_json::to_string_pretty(&res).unwrap();
         assert_eq!(back, old.replace("\n}", ",\n  \"a5\": null\n}"));
+    }
+
+    #[test]
+    fn a6_round_trips_and_results_without_it_are_written_without_it() {
+        let mut res = Results::default();
+        let without = serde_json::to_string(&res).unwrap();
+        assert!(!without.contains("a6"), "{without}");
+        let mut runs = StrategyRuns {
+            strategy: "round_robin".into(),
+            policy: "round-robin".into(),
+            ..StrategyRuns::default()
+        };
+        runs.look_aside.error_codes = [("Compute RESOURCE_EXHAUSTED".into(), 3)].into();
+        runs.proxy.ok_latency_ms = Some(Latency {
+            p99: 12.5,
+            ..Latency::default()
+        });
+        res.a6 = Some(LookAside {
+            backends: 8,
+            strategies: vec![runs],
+            get_best: GetBestRate {
+                balancer_cpu_s: Some(0.5),
+                ..GetBestRate::default()
+            },
+            ..LookAside::default()
+        });
+        let text = serde_json::to_string_pretty(&res).unwrap();
+        let back: Results = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_string_pretty(&back).unwrap(), text);
+    }
+
+    #[test]
+    fn both_paths_of_a_strategy_read_alike_with_non_2xx_answers_as_failures() {
+        let mut r = StrategyRuns::default();
+        r.look_aside.requests = 10;
+        r.look_aside.ok = 8;
+        r.look_aside.errors = 2;
+        r.look_aside.elapsed_s = 2.0;
+        r.look_aside.counts = [("b1".into(), 6), ("b2".into(), 2)].into();
+        r.look_aside.error_codes = [("Compute RESOURCE_EXHAUSTED".into(), 2)].into();
+        r.proxy.requests = 20;
+        r.proxy.ok = 15;
+        r.proxy.errors = 5;
+        r.proxy.elapsed_s = 5.0;
+        r.proxy.statuses = [("200".into(), 15), ("503".into(), 4), ("error".into(), 1)].into();
+        let [a, p] = r.sides();
+        assert_eq!(
+            (a.path, a.goodput(), a.error_percent()),
+            ("look-aside", 4.0, 20.0)
+        );
+        assert_eq!(a.busiest(), Some(("b1", 75.0)));
+        assert_eq!(p.errors_by, [("503".into(), 4), ("error".into(), 1)].into());
+        assert_eq!(
+            (p.goodput(), p.error_percent(), p.busiest()),
+            (3.0, 25.0, None)
+        );
+        assert!(a.get_best_ms.is_some() && p.get_best_ms.is_none());
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! `analysis`: runs experiments against real deployments, adds ring-only
+//! `analysis`: runs experiments against real deployments, adds ring-only
 //! simulations, and writes `results.json`, `charts/*.png` and `report.md`.
 //! `make analysis` runs it; `--report-only` redraws charts and report from an
-//! existing `results.json`; `--only a5` reruns A-5 and keeps the rest of it.
+//! existing `results.json`; `--only a5` (or `a6`) reruns that experiment and keeps
+//! the rest of it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use analysis::a6;
 use analysis::deploy::{Runtime, Spec};
 use analysis::experiments::{self, Load};
 use analysis::results::{Meta, Results, Simulation};
@@ -18,9 +20,11 @@ use clap::{Parser, ValueEnum};
 enum Only {
     /// A-5, the policies under stress.
     A5,
+    /// A-6, look-aside against the proxy.
+    A6,
 }
 
-/// Experiments, their charts and report.
+/// Experiments, their charts and report.
 #[derive(Debug, Parser)]
 #[command(name = "analysis")]
 struct Args {
@@ -45,6 +49,9 @@ struct Args {
     /// Requests per policy in A-5's compute runs.
     #[arg(long, default_value_t = 5_000)]
     a5_compute_requests: u64,
+    /// Seconds of each A-6 run (one per strategy and path).
+    #[arg(long, default_value_t = 20.0, value_parser = positive)]
+    a6_seconds: f64,
     /// Run only this experiment; the others' results stay as results.json has them.
     #[arg(long, value_enum, conflicts_with = "report_only")]
     only: Option<Only>,
@@ -68,7 +75,7 @@ fn run(args: Args) -> Result<(), String> {
         read_results(&results_path)?
     } else {
         let res = match args.only {
-            Some(Only::A5) => only_a5(&args, &results_path)?,
+            Some(which) => only(&args, &results_path, which)?,
             None => measure(&args)?,
         };
         let json = serde_json::to_string_pretty(&res).map_err(|e| e.to_string())?;
@@ -107,6 +114,7 @@ fn base_spec(args: &Args) -> Result<Spec, String> {
         replicas: 3,
         tag: format!("{}", std::process::id()),
         log_dir: PathBuf::from("target/analysis-logs"),
+        extra_args: Vec::new(),
     })
 }
 
@@ -117,15 +125,42 @@ fn plan(args: &Args) -> Plan {
     }
 }
 
-/// A-5 alone, into the results already there (none yet: stay empty).
-fn only_a5(args: &Args, results_path: &Path) -> Result<Results, String> {
+fn a6_plan(args: &Args) -> a6::Plan {
+    a6::Plan {
+        seconds: args.a6_seconds,
+        get_best_seconds: args.a6_seconds.min(5.0),
+    }
+}
+
+/// Seconds above zero.
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{s}': a number of seconds above 0")),
+    }
+}
+
+/// One experiment alone, into the results already there (none yet: the others
+/// stay empty). They are read once it has run, not before, so that another
+/// experiment rerun meanwhile keeps its results.
+fn only(args: &Args, results_path: &Path, which: Only) -> Result<Results, String> {
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let base = base_spec(args)?;
+    // Fail before measuring rather than after, when the file cannot be read.
+    if results_path.exists() {
+        read_results(results_path)?;
+    }
+    let (a5, a6) = match which {
+        Only::A5 => (Some(stress::run(&rt, &base, &plan(args))?), None),
+        Only::A6 => (None, Some(a6::run(&rt, &base, &a6_plan(args))?)),
+    };
     let mut res = if results_path.exists() {
         read_results(results_path)?
     } else {
         Results::default()
     };
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    res.a5 = Some(stress::run(&rt, &base_spec(args)?, &plan(args))?);
+    res.a5 = a5.or(res.a5);
+    res.a6 = a6.or(res.a6);
     Ok(res)
 }
 
@@ -163,6 +198,7 @@ fn measure(args: &Args) -> Result<Results, String> {
         }
     }
     let a5 = stress::run(&rt, &base, &plan(args))?;
+    let a6 = a6::run(&rt, &base, &a6_plan(args))?;
     Ok(Results {
         meta: Meta {
             runtime: runtime.name().into(),
@@ -176,5 +212,6 @@ fn measure(args: &Args) -> Result<Results, String> {
         a3: Some(a3),
         simulation,
         a5: Some(a5),
+        a6: Some(a6),
     })
 }
