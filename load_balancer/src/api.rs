@@ -190,8 +190,7 @@ async fn set_policy(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
-    let body = read_body(&req, payload).await?;
+    let body = authorized_body(&state, &req, payload).await?;
     let body: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("Invalid JSON body: {e}")))?;
     let settings = state.registry.update_policy(body).await?;
@@ -227,8 +226,7 @@ async fn scale(
     payload: web::Payload,
     op: Op,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(state, req)?;
-    let body = read_body(req, payload).await?;
+    let body = authorized_body(state, req, payload).await?;
     let request = admin::parse(&body, op)?;
     match op {
         Op::Add => state.managed.add(request).await?,
@@ -243,8 +241,7 @@ async fn register(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
-    let body = read_body(&req, payload).await?;
+    let body = authorized_body(&state, &req, payload).await?;
     let registered = state
         .registered
         .register(parse_registration(&body)?)
@@ -258,8 +255,7 @@ async fn deregister(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
-    let body = read_body(&req, payload).await?;
+    let body = authorized_body(&state, &req, payload).await?;
     let name = state
         .registered
         .deregister(parse_deregistration(&body)?)
@@ -288,6 +284,17 @@ pub(crate) fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiEr
     } else {
         Err(ApiError::Unauthorized)
     }
+}
+
+/// The body of a call that changes something: authorized first, so an anonymous
+/// caller never gets to send one.
+async fn authorized_body(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<BytesMut, ApiError> {
+    authorize(state, req)?;
+    read_body(req, payload).await
 }
 
 /// Reads an admin body, refusing it as soon as it passes [`MAX_BODY`].

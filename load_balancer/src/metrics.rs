@@ -282,7 +282,7 @@ mod tests {
         c.response(503);
         c.error();
         let (_, snapshot, _) = crate::registry::Registry::new(
-            crate::registry::tests::settings(),
+            crate::policy::settings::Settings::default(),
             crate::ring::Geometry::DEFAULT,
             std::sync::Arc::new(Metrics::new()),
         )

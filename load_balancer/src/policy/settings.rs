@@ -100,6 +100,20 @@ pub struct Settings {
     pub hedge_budget: f64,
 }
 
+impl Default for Settings {
+    /// The flags' defaults: the design's ring, random keys, nothing else on.
+    fn default() -> Self {
+        Settings {
+            policy: "quadratic",
+            hash_key: HashKey::Random,
+            balance_factor: None,
+            slow_start: None,
+            hedge: None,
+            hedge_budget: DEFAULT_HEDGE_BUDGET,
+        }
+    }
+}
+
 /// The name as `names()` spells it, so it can be kept as `&'static str`.
 pub fn policy_name(name: &str) -> Option<&'static str> {
     names().find(|n| *n == name)
@@ -230,20 +244,9 @@ impl Settings {
 mod tests {
     use super::*;
 
-    fn defaults() -> Settings {
-        Settings {
-            policy: "quadratic",
-            hash_key: HashKey::Random,
-            balance_factor: None,
-            slow_start: None,
-            hedge: None,
-            hedge_budget: DEFAULT_HEDGE_BUDGET,
-        }
-    }
-
     #[test]
     fn the_view_has_the_specified_fields_and_every_policy() {
-        let v = defaults().view();
+        let v = Settings::default().view();
         assert_eq!(v["policy"], "quadratic");
         assert_eq!(v["hash_key"], "random");
         assert_eq!(v["balance_factor"], Value::Null);
@@ -253,7 +256,7 @@ mod tests {
 
     #[test]
     fn each_field_is_applied_and_null_turns_an_option_off() {
-        let s = defaults()
+        let s = Settings::default()
             .updated(&json!({"policy": "p2c-ewma", "hash_key": "header:x-user",
                 "balance_factor": 1.25, "slow_start": "30s", "hedge": "p95", "hedge_budget": 2}))
             .unwrap();
@@ -274,7 +277,7 @@ mod tests {
 
     #[test]
     fn the_view_put_back_changes_nothing() {
-        let s = defaults()
+        let s = Settings::default()
             .updated(&json!({"hedge": "50ms", "slow_start": "10s"}))
             .unwrap();
         assert_eq!(s.updated(&s.view()).unwrap(), s);
@@ -282,7 +285,7 @@ mod tests {
 
     #[test]
     fn every_bad_body_is_refused_with_its_reason() {
-        let refused = |body: Value| defaults().updated(&body).unwrap_err().to_string();
+        let refused = |body: Value| Settings::default().updated(&body).unwrap_err().to_string();
         assert!(refused(json!([1])).contains("JSON object"));
         assert!(refused(json!({"policy": "fastest"})).contains("unknown policy 'fastest'"));
         assert!(refused(json!({"policy": 3})).contains("'policy' must be a string"));

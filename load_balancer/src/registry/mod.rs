@@ -110,6 +110,34 @@ impl RegistryHandle {
     }
 }
 
+/// A source whose task sends its batches down a channel: how every source of ours
+/// (managed, registered, etcd) talks to the registry.
+pub struct ChannelSource {
+    name: &'static str,
+    changes: mpsc::UnboundedReceiver<Batch>,
+}
+
+impl ChannelSource {
+    /// A source called `name` (for logs), and the sender its task reports through.
+    pub fn new(name: &'static str) -> (mpsc::UnboundedSender<Batch>, Self) {
+        let (tx, changes) = mpsc::unbounded_channel();
+        (tx, ChannelSource { name, changes })
+    }
+}
+
+impl Source for ChannelSource {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn changes(self: Box<Self>) -> BoxStream<'static, Batch> {
+        futures_util::stream::unfold(self.changes, |mut rx| async move {
+            rx.recv().await.map(|batch| (batch, rx))
+        })
+        .boxed()
+    }
+}
+
 /// The actor. Create with [`Registry::new`], then [`Registry::run`] it.
 pub struct Registry {
     /// The policy in force.
@@ -323,12 +351,10 @@ fn build_others(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::hashkey::HashKey;
-    use crate::policy::settings::DEFAULT_HEDGE_BUDGET;
 
     /// A source that says a fixed list of batches, then ends.
     struct Fixed(Vec<Batch>);
@@ -374,20 +400,13 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn settings() -> Settings {
-        Settings {
-            policy: "quadratic",
-            hash_key: HashKey::Random,
-            balance_factor: None,
-            slow_start: None,
-            hedge: None,
-            hedge_budget: DEFAULT_HEDGE_BUDGET,
-        }
-    }
-
     fn registry() -> (Registry, SharedSnapshot) {
-        let (registry, snapshot, _) =
-            Registry::new(settings(), Geometry::DEFAULT, Arc::new(Metrics::new())).unwrap();
+        let (registry, snapshot, _) = Registry::new(
+            Settings::default(),
+            Geometry::DEFAULT,
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
         (registry, snapshot)
     }
 

@@ -13,12 +13,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{BoxStream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::claims::{Claims, Owner};
-use super::{Batch, Change, Member, Source};
+use super::{Batch, Change, ChannelSource, Member};
 use crate::admin::validate_name;
 use crate::backend::Backend;
 use crate::error::ApiError;
@@ -255,30 +254,12 @@ pub struct RegisteredTask {
     changes: mpsc::UnboundedSender<Batch>,
 }
 
-/// The registrations as a registry source.
-pub struct RegisteredSource {
-    changes: mpsc::UnboundedReceiver<Batch>,
-}
-
-impl Source for RegisteredSource {
-    fn name(&self) -> &'static str {
-        "registered"
-    }
-
-    fn changes(self: Box<Self>) -> BoxStream<'static, Batch> {
-        futures_util::stream::unfold(self.changes, |mut rx| async move {
-            rx.recv().await.map(|batch| (batch, rx))
-        })
-        .boxed()
-    }
-}
-
 impl RegisteredTask {
     /// Starts the task; returns its handle and the source for the registry. It ends
     /// when every handle is dropped.
-    pub fn spawn(claims: Claims, metrics: Arc<Metrics>) -> (RegisteredHandle, RegisteredSource) {
+    pub fn spawn(claims: Claims, metrics: Arc<Metrics>) -> (RegisteredHandle, ChannelSource) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (changes, changes_rx) = mpsc::unbounded_channel();
+        let (changes, source) = ChannelSource::new("registered");
         let task = RegisteredTask {
             claims,
             metrics,
@@ -286,12 +267,7 @@ impl RegisteredTask {
             changes,
         };
         tokio::spawn(task.run(rx));
-        (
-            RegisteredHandle(tx),
-            RegisteredSource {
-                changes: changes_rx,
-            },
-        )
+        (RegisteredHandle(tx), source)
     }
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {

@@ -25,13 +25,13 @@ use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
     WatchOptions, WatchResponse, WatchStream,
 };
-use futures_util::stream::{BoxStream, StreamExt};
+use futures_util::stream::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, MissedTickBehavior};
 
 use super::claims::{Claims, Owner};
-use super::{Batch, Change, Member, Source};
+use super::{Batch, Change, ChannelSource, Member};
 use crate::backend::{Backend, ServerId};
 use crate::metrics::Metrics;
 use crate::snapshot::ReplicaState;
@@ -67,24 +67,6 @@ pub struct EtcdDiscovery {
     task: JoinHandle<()>,
 }
 
-/// The backends found in etcd as a registry source.
-pub struct EtcdSource {
-    changes: mpsc::UnboundedReceiver<Batch>,
-}
-
-impl Source for EtcdSource {
-    fn name(&self) -> &'static str {
-        "etcd"
-    }
-
-    fn changes(self: Box<Self>) -> BoxStream<'static, Batch> {
-        futures_util::stream::unfold(self.changes, |mut rx| async move {
-            rx.recv().await.map(|batch| (batch, rx))
-        })
-        .boxed()
-    }
-}
-
 impl EtcdDiscovery {
     /// Starts the task: it looks for backends at once, and writes the balancer's own
     /// entry once [`announce`](Self::announce)d.
@@ -92,8 +74,8 @@ impl EtcdDiscovery {
         settings: EtcdSettings,
         claims: Claims,
         metrics: Arc<Metrics>,
-    ) -> (EtcdDiscovery, EtcdSource) {
-        let (changes, changes_rx) = mpsc::unbounded_channel();
+    ) -> (EtcdDiscovery, ChannelSource) {
+        let (changes, source) = ChannelSource::new("etcd");
         let (me, me_rx) = watch::channel(None);
         let (stop, stop_rx) = watch::channel(false);
         let task = EtcdTask::new(settings, &balancer_id(), claims, metrics, changes);
@@ -104,12 +86,7 @@ impl EtcdDiscovery {
             task.me_key
         );
         let task = tokio::spawn(task.run(stop_rx, me_rx));
-        (
-            EtcdDiscovery { me, stop, task },
-            EtcdSource {
-                changes: changes_rx,
-            },
-        )
+        (EtcdDiscovery { me, stop, task }, source)
     }
 
     /// Sets the balancer's own entry: its data-plane address and, if it serves

@@ -21,13 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use futures_util::stream::{BoxStream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 pub use launch::{backoff, LaunchError};
 
 use super::claims::{Claims, Owner};
-use super::{Batch, Change, Member as RegistryMember, Source};
+use super::{Batch, Change, ChannelSource, Member as RegistryMember};
 use crate::admin::{self, Member, ScaleRequest};
 use crate::backend::ServerId;
 use crate::error::ApiError;
@@ -195,7 +194,8 @@ pub struct Managed {
     replicas: BTreeMap<ServerId, Replica>,
     /// Where the registry hears of every change.
     changes: mpsc::UnboundedSender<Batch>,
-    changes_rx: Option<mpsc::UnboundedReceiver<Batch>>,
+    /// The registry's end of `changes`, until spawned.
+    source: Option<ChannelSource>,
     /// Replicas gone since the last report.
     removed: Vec<ServerId>,
     metrics: Arc<Metrics>,
@@ -218,7 +218,7 @@ impl Managed {
         metrics: Arc<Metrics>,
     ) -> Self {
         let (notes, notes_rx) = mpsc::unbounded_channel();
-        let (changes, changes_rx) = mpsc::unbounded_channel();
+        let (changes, source) = ChannelSource::new("managed");
         Managed {
             provisioner,
             health,
@@ -226,7 +226,7 @@ impl Managed {
             claims,
             replicas: BTreeMap::new(),
             changes,
-            changes_rx: Some(changes_rx),
+            source: Some(source),
             removed: Vec::new(),
             metrics,
             notes,
@@ -243,12 +243,10 @@ impl Managed {
         mut self,
         events: mpsc::UnboundedReceiver<ProvisionerEvent>,
         unhealthy: mpsc::UnboundedReceiver<String>,
-    ) -> (ManagedHandle, ManagedSource, tokio::task::JoinHandle<()>) {
+    ) -> (ManagedHandle, ChannelSource, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(64);
         let notes = self.notes_rx.take().expect("spawned once");
-        let source = ManagedSource {
-            changes: self.changes_rx.take().expect("spawned once"),
-        };
+        let source = self.source.take().expect("spawned once");
         let task = tokio::spawn(async move { self.run(rx, events, unhealthy, notes).await });
         (ManagedHandle { commands: tx }, source, task)
     }
@@ -661,23 +659,5 @@ impl Managed {
         });
         let changes = gone.chain(members).collect();
         let _ = self.changes.send(Batch { changes, then });
-    }
-}
-
-/// The managed replicas as a registry source: every batch the task reports.
-pub struct ManagedSource {
-    changes: mpsc::UnboundedReceiver<Batch>,
-}
-
-impl Source for ManagedSource {
-    fn name(&self) -> &'static str {
-        "managed"
-    }
-
-    fn changes(self: Box<Self>) -> BoxStream<'static, Batch> {
-        futures_util::stream::unfold(self.changes, |mut rx| async move {
-            rx.recv().await.map(|batch| (batch, rx))
-        })
-        .boxed()
     }
 }

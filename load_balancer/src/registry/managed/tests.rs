@@ -110,7 +110,7 @@ struct Harness {
 fn start(provisioner: Arc<FakeProvisioner>, replicas: usize) -> Harness {
     let metrics = Arc::new(Metrics::new());
     let (registry, snapshot, _) = Registry::new(
-        crate::registry::tests::settings(),
+        crate::policy::settings::Settings::default(),
         Geometry::DEFAULT,
         metrics.clone(),
     )
