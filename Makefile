@@ -3,23 +3,27 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: all build images run run-process stop logs test lint unit e2e analysis bench clean
+.PHONY: all setup build images run run-process stop logs test lint unit e2e analysis bench clean
 
 all: build
 
 ## build: debug binaries, the static release binaries and both images
 build: images
 
+## setup: the Debian packages the build and tests need (protoc, etcd, Node, Docker), if missing
+setup:
+	bash scripts/setup.sh
+
 ## images: static binaries in FROM-scratch images lb-server:latest and lb-balancer:latest
-images:
+images: setup
 	bash scripts/images.sh
 
 ## run: the balancer and its replicas as Docker containers on localhost:5000
-run:
+run: setup
 	bash scripts/up.sh
 
 ## run-process: the balancer on localhost:5000 with replicas as local processes (no Docker)
-run-process:
+run-process: setup
 	$(CARGO) build --release -p server -p load_balancer
 	./target/release/load_balancer --runtime process --listen 127.0.0.1:5000
 
@@ -32,13 +36,13 @@ logs:
 	bash scripts/logs.sh
 
 ## test: formatting, lints, unit and property tests, end-to-end tests
-test: lint unit e2e
+test: setup lint unit e2e
 
-lint:
+lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit:
+unit: setup
 	$(CARGO) test --workspace --lib --bins
 
 e2e: images
@@ -47,7 +51,7 @@ e2e: images
 	$(CARGO) test -p e2e --tests
 
 ## analysis: experiments A-1 to A-5 against a real deployment (RUNTIME=process without Docker)
-analysis:
+analysis: setup
 	bash scripts/analysis.sh
 
 ## bench: this balancer vs nginx vs HAProxy on the same backends, then ring micro-benchmarks

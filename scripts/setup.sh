@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the build and tests need and a fresh machine may lack.
+# Installs what the build and tests need and a fresh machine may lack (Debian
+# packages; only what is missing, so running it again costs nothing). `make run`,
+# `make test` and the other build targets run it first.
 set -euo pipefail
 need=()
 command -v docker >/dev/null || need+=(docker.io)
@@ -12,7 +14,17 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 # The etcd discovery tests start a real etcd on loopback.
 command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || need+=(etcd-server)
 if ((${#need[@]})); then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  sudo=()
+  if [[ $(id -u) != 0 ]]; then
+    if command -v sudo >/dev/null; then
+      sudo=(sudo)
+    else
+      echo "error: missing ${need[*]}: install these Debian packages (as root), then run make again" >&2
+      exit 1
+    fi
+  fi
+  echo "installing ${need[*]}" >&2
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}"
 fi
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt || true
