@@ -12,6 +12,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::admin::{self, Op, MAX_BODY};
+use crate::dashboard;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::HASH_POLICIES;
@@ -40,6 +41,10 @@ pub struct AppState {
     pub relay_secret: String,
     /// Relays `/replicas/<name>/control` to replicas.
     pub control_client: crate::replica_controls::ControlClient,
+    /// The dashboard's frames, for `/events`.
+    pub feed: crate::dashboard::feed::Feed,
+    /// The built-in load test.
+    pub loadtest: crate::loadtest::LoadTester,
 }
 
 /// The header by which the data plane's relay proves itself to the internal
@@ -98,6 +103,12 @@ admin_routes! {
     DELETE "/register" => deregister,
     POST "/add" => add,
     DELETE "/rm" => remove,
+    GET "/dashboard" => dashboard::page,
+    GET "/events" => dashboard::events,
+    GET "/ring" => dashboard::ring,
+    GET "/loadtest" => dashboard::loadtest,
+    POST "/loadtest" => dashboard::start_loadtest,
+    DELETE "/loadtest" => dashboard::stop_loadtest,
     POST "/replicas/{name}/disable" => replica_controls::disable,
     POST "/replicas/{name}/enable" => replica_controls::enable,
     GET "/replicas/{name}/control" => replica_controls::control,
@@ -145,7 +156,11 @@ async fn rep(state: web::Data<AppState>) -> HttpResponse {
 
 /// One replica in `/status`: what the registry knows, and its live figures when it
 /// has them (routable or disabled).
-fn replica_status(snap: &Snapshot, r: &ReplicaStatus, now: Instant) -> serde_json::Value {
+pub(crate) fn replica_status(
+    snap: &Snapshot,
+    r: &ReplicaStatus,
+    now: Instant,
+) -> serde_json::Value {
     let mut v = json!(r);
     let figures = snap.figures_of(r.id).map(|b| {
         json!({
@@ -288,7 +303,7 @@ pub(crate) fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiEr
 
 /// The body of a call that changes something: authorized first, so an anonymous
 /// caller never gets to send one.
-async fn authorized_body(
+pub(crate) async fn authorized_body(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,

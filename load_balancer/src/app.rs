@@ -10,8 +10,10 @@ use tokio::sync::mpsc;
 
 use crate::api::{self, AppState};
 use crate::config::{Config, Discovery, RuntimeKind};
+use crate::dashboard::feed::{self, Feed};
 use crate::dataplane::{DataPlane, ForwardConfig};
 use crate::health::{self, Health, HeartbeatConfig, Prober};
+use crate::loadtest::LoadTester;
 use crate::lookaside::{self, LookAside};
 use crate::metrics::Metrics;
 use crate::policy::settings::{policy_name, Settings};
@@ -182,44 +184,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let internal = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     let internal_addr = internal.local_addr()?;
     let relay_secret = api::relay_secret();
-    let state = web::Data::new(AppState {
-        snapshot: snapshot.clone(),
-        managed: handle.clone(),
-        registry: registry_handle,
-        registered: registered.clone(),
-        metrics: metrics.clone(),
-        admin_token: config.admin_token.clone(),
-        runtime: provisioner.name(),
-        internal: internal_addr,
-        relay_secret: relay_secret.clone(),
-        control_client: Default::default(),
-    });
-    let mut api_server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .wrap(from_fn(api::only_the_relay_inside))
-            .configure(api::routes)
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(10)
-    .listen(internal)?;
     let api_address = internal_addr.to_string();
-    if let Some(addr) = config.admin_listen {
-        api_server = api_server
-            .bind(addr)
-            .map_err(|source| StartError::Listen { addr, source })?;
-        log::info!("admin API, with /add and /rm, on http://{addr}");
-    }
-    let api_server = api_server.run();
-    let api_handle = api_server.handle();
-    let api_task = actix_web::rt::spawn(api_server);
-
     let workers = config
         .workers
         .map(|w| w as usize)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let snapshot_for_grpc = snapshot.clone();
     let dataplane = DataPlane::start(
         config.listen,
         workers,
@@ -233,16 +202,62 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             max_connections_per_ip: config.max_connections_per_ip as usize,
             api_address,
             admin_elsewhere: config.admin_listen.is_some(),
-            relay_secret,
+            relay_secret: relay_secret.clone(),
         },
-        snapshot,
-        metrics,
+        snapshot.clone(),
+        metrics.clone(),
         config.drain_timeout,
     )
     .map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
     })?;
+    let loadtest = LoadTester::new(dataplane.local_addr(), tokio::runtime::Handle::current());
+    let (feed_stop, feed_stopped) = tokio::sync::oneshot::channel();
+    let (feed, feed_task) = Feed::spawn(
+        feed::Sources {
+            snapshot: snapshot.clone(),
+            metrics: metrics.clone(),
+            loadtest: loadtest.clone(),
+            runtime: provisioner.name(),
+            auth_required: config.admin_token.is_some(),
+        },
+        feed_stopped,
+    );
+    let state = web::Data::new(AppState {
+        snapshot: snapshot.clone(),
+        managed: handle.clone(),
+        registry: registry_handle,
+        registered: registered.clone(),
+        metrics: metrics.clone(),
+        admin_token: config.admin_token.clone(),
+        runtime: provisioner.name(),
+        internal: internal_addr,
+        relay_secret: relay_secret.clone(),
+        control_client: Default::default(),
+        feed,
+        loadtest,
+    });
+    let mut api_server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(api::only_the_relay_inside))
+            .configure(api::routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(10)
+    .listen(internal)?;
+    if let Some(addr) = config.admin_listen {
+        api_server = api_server
+            .bind(addr)
+            .map_err(|source| StartError::Listen { addr, source })?;
+        log::info!("admin API, with /add and /rm, on http://{addr}");
+    }
+    let api_server = api_server.run();
+    let api_handle = api_server.handle();
+    let api_task = actix_web::rt::spawn(api_server);
+
     let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut grpc_addr = None;
     let grpc_task = match grpc_listener(config.grpc_listen).await? {
@@ -251,7 +266,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             grpc_addr = Some(addr);
             println!("grpc listening on http://{addr}");
             log::info!("look-aside gRPC on {addr}");
-            let service = LookAside::new(snapshot_for_grpc, registered, config.registration_ttl);
+            let service = LookAside::new(snapshot.clone(), registered, config.registration_ttl);
             let stopped = async move {
                 let _ = grpc_stopped.await;
             };
@@ -281,6 +296,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         discovery.shutdown().await;
     }
     let _ = grpc_stop.send(());
+    // Event streams end with the feed, so that draining does not wait for them.
+    let _ = feed_stop.send(());
+    let _ = feed_task.await;
     if let Some(task) = grpc_task {
         if let Ok(Err(e)) = task.await {
             log::warn!("the gRPC service ended with an error: {e}");

@@ -6,9 +6,10 @@
 
 use std::time::Instant;
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::snapshot::{ReplicaState, Snapshot};
@@ -17,6 +18,7 @@ use crate::snapshot::{ReplicaState, Snapshot};
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    replica_duration: HistogramVec,
     /// Time from receiving a request to having the replica's response headers.
     pub latency: Histogram,
     /// Requests sent again to the next candidate after a replica failed.
@@ -50,21 +52,77 @@ pub struct Metrics {
 /// The status classes requests are counted by; `error` is a transport failure.
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
+/// The upper bounds of the balancer-wide response-time buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The upper bounds of the per-replica response-time buckets, in seconds: finer
+/// than the balancer-wide ones at the low end, where a replica's p50 usually is.
+pub const REPLICA_BUCKETS: [f64; 15] = [
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
 /// One replica's request counters, resolved once when it joins routing.
 #[derive(Debug, Clone)]
-pub struct ReplicaCounters([IntCounter; 6]);
+pub struct ReplicaCounters {
+    classes: [IntCounter; 6],
+    duration: Histogram,
+}
+
+/// What one replica's counters say at one moment: its responses by status class
+/// (the last one transport failures) and its response-time buckets, cumulative.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CountersReading {
+    pub classes: [u64; 6],
+    /// Responses at or under each bound of [`REPLICA_BUCKETS`], then all of them.
+    pub buckets: Vec<u64>,
+}
 
 impl ReplicaCounters {
+    /// Counts a response's time to its head.
+    pub fn observe(&self, took: std::time::Duration) {
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Reads every counter (not on the request path: it allocates).
+    pub fn read(&self) -> CountersReading {
+        let classes = self.classes.each_ref().map(IntCounter::get);
+        let mut buckets = Vec::with_capacity(REPLICA_BUCKETS.len() + 1);
+        if let Some(h) = self
+            .duration
+            .collect()
+            .first()
+            .and_then(|f| f.get_metric().first())
+        {
+            let h = h.get_histogram();
+            buckets.extend(h.get_bucket().iter().map(|b| b.cumulative_count()));
+            buckets.push(h.get_sample_count());
+        }
+        CountersReading { classes, buckets }
+    }
+
     /// Counts a response with this status code.
     pub fn response(&self, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.0[class].inc();
+        self.classes[class].inc();
     }
 
     /// Counts a request that got no response.
     pub fn error(&self) {
-        self.0[5].inc();
+        self.classes[5].inc();
     }
+}
+
+/// A histogram's cumulative bucket counts, then its count of everything.
+fn buckets(h: &Histogram) -> Vec<u64> {
+    let mut out = Vec::new();
+    if let Some(m) = h.collect().first().and_then(|f| f.get_metric().first()) {
+        let h = m.get_histogram();
+        out.extend(h.get_bucket().iter().map(|b| b.cumulative_count()));
+        out.push(h.get_sample_count());
+    }
+    out
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -90,10 +148,7 @@ impl Metrics {
                 "lb_request_duration_seconds",
                 "Time to the replica's response headers",
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
+            .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid");
         let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid");
@@ -109,7 +164,17 @@ impl Metrics {
                 GaugeVec::new(Opts::new(name, help), &["replica"]).expect("valid"),
             )
         };
+        let replica_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "lb_replica_request_duration_seconds",
+                "Time to the replica's response headers, by replica",
+            )
+            .buckets(REPLICA_BUCKETS.to_vec()),
+            &["replica"],
+        )
+        .expect("valid");
         Metrics {
+            replica_duration: register(&r, replica_duration),
             replica_in_flight: per_replica(
                 "lb_replica_in_flight",
                 "Requests being forwarded to the replica",
@@ -191,7 +256,30 @@ impl Metrics {
 
     /// The request counters of one replica.
     pub fn replica(&self, hostname: &str) -> ReplicaCounters {
-        ReplicaCounters(CLASSES.map(|c| self.requests.with_label_values(&[hostname, c])))
+        ReplicaCounters {
+            classes: CLASSES.map(|c| self.requests.with_label_values(&[hostname, c])),
+            duration: self.replica_duration.with_label_values(&[hostname]),
+        }
+    }
+
+    /// Every replica's responses together, by class, since the balancer started
+    /// (replicas gone included), and the balancer-wide response-time buckets (of
+    /// [`LATENCY_BUCKETS`]).
+    pub fn totals(&self) -> CountersReading {
+        let mut classes = [0u64; 6];
+        for family in self.requests.collect() {
+            for m in family.get_metric() {
+                let class = m.get_label().iter().find(|l| l.name() == "class");
+                let i = class.and_then(|l| CLASSES.iter().position(|c| *c == l.value()));
+                if let Some(i) = i {
+                    classes[i] += m.get_counter().get_value() as u64;
+                }
+            }
+        }
+        CountersReading {
+            classes,
+            buckets: buckets(&self.latency),
+        }
     }
 
     /// The text exposition, with the gauges read from `snap`.

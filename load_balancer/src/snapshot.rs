@@ -92,3 +92,71 @@ impl Snapshot {
 
 /// The shared, atomically swapped current snapshot.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Snapshots for the unit tests of what reads them.
+
+    use std::sync::Arc;
+
+    use super::{ReplicaState, ReplicaStatus, Snapshot};
+    use crate::backend::{Backend, ServerId};
+    use crate::metrics::Metrics;
+    use crate::policy::settings::{policy_name, Settings};
+    use crate::policy::{build, Tuning};
+    use crate::registry::claims::Owner;
+    use crate::ring::Geometry;
+
+    /// A snapshot under `policy` with healthy managed replicas `Server<id>` for `ids`,
+    /// their counters in `metrics`.
+    pub fn snapshot_in(policy: &str, ids: &[ServerId], metrics: &Metrics) -> Snapshot {
+        let tuning = Tuning {
+            geometry: Geometry::DEFAULT,
+            balance_factor: None,
+            slow_start: None,
+        };
+        let mut built = build(policy, tuning).expect("a known policy");
+        let backends: Vec<Arc<Backend>> = ids
+            .iter()
+            .map(|id| {
+                built.join(*id).expect("room on the ring");
+                let name = format!("Server{id}");
+                let address = format!("127.0.0.1:{}", 5000 + id);
+                Arc::new(Backend::new(
+                    *id,
+                    name.clone(),
+                    address,
+                    metrics.replica(&name),
+                ))
+            })
+            .collect();
+        let replicas = backends
+            .iter()
+            .map(|b| ReplicaStatus {
+                hostname: b.hostname.clone(),
+                id: b.id,
+                state: ReplicaState::Healthy,
+                address: Some(b.address.clone()),
+                grpc_address: None,
+                restarts: 0,
+                handle: None,
+                source: Owner::Managed,
+            })
+            .collect();
+        Snapshot {
+            picker: built.picker(backends.clone()),
+            lookaside: Arc::new(Vec::new()),
+            replicas,
+            settings: Arc::new(Settings {
+                policy: policy_name(policy).expect("a known policy"),
+                ..Settings::default()
+            }),
+            figures: backends,
+        }
+    }
+
+    /// [`snapshot_in`] with counters of its own.
+    pub fn snapshot_with(policy: &str, ids: &[ServerId]) -> Snapshot {
+        snapshot_in(policy, ids, &Metrics::new())
+    }
+}

@@ -27,6 +27,8 @@ pub struct Table {
 #[derive(Debug, Clone)]
 enum Selector {
     Ring {
+        /// The occupied slots, in increasing order.
+        positions: Vec<usize>,
         /// Slot -> index in `entries` of the first occupied slot at or after it.
         first: Vec<u32>,
         /// The owners of the occupied slots, in slot order.
@@ -85,6 +87,7 @@ impl Table {
             slots,
             bound: None,
             selector: Selector::Ring {
+                positions,
                 first,
                 entries,
                 servers,
@@ -139,6 +142,35 @@ impl Table {
         &self.scheme
     }
 
+    /// How many slots the ring has (its `M`).
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Where a request id lands: its ring slot, or its entry in Maglev's table.
+    /// Rendezvous has no position.
+    pub fn position_of(&self, request_id: u64) -> Option<usize> {
+        match &self.selector {
+            Selector::Ring { .. } => Some(self.slot_of(request_id)),
+            Selector::Maglev { entries, .. } => Some(
+                (crate::scheme::mixed::request_hash(request_id) % entries.len().max(1) as u64)
+                    as usize,
+            ),
+            Selector::Rendezvous { .. } => None,
+        }
+    }
+
+    /// The table's structure, for showing it (the dashboard draws it).
+    pub fn layout(&self) -> Layout<'_> {
+        match &self.selector {
+            Selector::Ring {
+                positions, entries, ..
+            } => Layout::Ring { positions, entries },
+            Selector::Maglev { entries, .. } => Layout::Maglev { entries },
+            Selector::Rendezvous { servers } => Layout::Rendezvous { servers },
+        }
+    }
+
     /// How many distinct servers can take traffic.
     pub fn servers(&self) -> usize {
         match &self.selector {
@@ -169,17 +201,15 @@ impl Table {
                 entries,
                 servers,
                 by_residue,
+                ..
             } => Candidates::walk(
                 entries,
                 self.ring_start(first, by_residue.as_deref(), request_id),
                 *servers,
             ),
-            Selector::Maglev { entries, servers } => Candidates::walk(
-                entries,
-                (crate::scheme::mixed::request_hash(request_id) % entries.len().max(1) as u64)
-                    as usize,
-                *servers,
-            ),
+            Selector::Maglev { entries, servers } => {
+                Candidates::walk(entries, self.position_of(request_id).unwrap_or(0), *servers)
+            }
             Selector::Rendezvous { servers } => {
                 Candidates(Inner::Heaviest(Heaviest::new(servers, request_id)))
             }
@@ -242,6 +272,20 @@ impl Table {
             }
         }
     }
+}
+
+/// What a table is made of, by selector.
+#[derive(Debug, Clone, Copy)]
+pub enum Layout<'a> {
+    /// The occupied slots (`positions`, increasing) and their owners (`entries`).
+    Ring {
+        positions: &'a [usize],
+        entries: &'a [ServerId],
+    },
+    /// Maglev's lookup table: the owner of each entry.
+    Maglev { entries: &'a [ServerId] },
+    /// The routable servers, sorted.
+    Rendezvous { servers: &'a [ServerId] },
 }
 
 /// The largest request period a ring table precomputes (a `u32` per residue).

@@ -516,6 +516,7 @@ async fn settle(
             // A tunnel's lifetime is not a response time.
             if status != 101 {
                 metrics.latency.observe(took.as_secs_f64());
+                backend.counters.observe(took);
                 backend.observe_response(status, took, now.into_std());
                 if matches!(snap.settings.hedge, Some(Hedge::Percentile(_))) {
                     worker.hedging.record(took);

@@ -82,6 +82,11 @@ pub struct HashPicker {
 }
 
 impl HashPicker {
+    /// The routing table over the routable replicas.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
     /// The routable backend with this id.
     pub fn backend(&self, id: ServerId) -> Option<&Arc<Backend>> {
         self.backends.get(id as usize).and_then(Option::as_ref)
