@@ -25,7 +25,7 @@ run: setup
 ## run-process: the balancer on localhost:5000 with replicas as local processes (no Docker)
 run-process: setup
 	$(CARGO) build --release -p server -p load_balancer
-	./target/release/load_balancer --runtime process --listen 127.0.0.1:5000
+	./target/release/load_balancer --runtime process --listen 127.0.0.1:$${LB_PORT:-5000}
 
 ## stop: remove the deployment and every replica container it started
 stop:

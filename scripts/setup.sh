@@ -13,6 +13,9 @@ command -v node >/dev/null || need+=(nodejs)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 # The etcd discovery tests start a real etcd on loopback.
 command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || need+=(etcd-server)
+# The dashboard's browser tests drive a headless Chromium through chromedriver.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if ((${#need[@]})); then
   sudo=()
   if [[ $(id -u) != 0 ]]; then

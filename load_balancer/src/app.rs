@@ -162,6 +162,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             Some(discovery)
         }
     };
+    let published = registry.subscribe();
     let registry_task = tokio::spawn(registry.run(sources));
     let heartbeat = tokio::spawn(health::heartbeat_loop(
         snapshot.clone(),
@@ -216,7 +217,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (feed_stop, feed_stopped) = tokio::sync::oneshot::channel();
     let (feed, feed_task) = Feed::spawn(
         feed::Sources {
-            snapshot: snapshot.clone(),
+            snapshot: snapshot.load_full(),
+            published,
             metrics: metrics.clone(),
             loadtest: loadtest.clone(),
             runtime: provisioner.name(),

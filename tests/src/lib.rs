@@ -242,6 +242,7 @@ pub fn wait_healthy(lb: &Service, n: usize, timeout: Duration) {
 pub fn alive(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), None).is_ok()
 }
+pub mod browser;
 pub mod docker;
 
 /// A client generated from the seeds' proto text alone (`tests/proto/seed.proto`,

@@ -57,8 +57,7 @@ pub async fn events(state: web::Data<AppState>, req: HttpRequest) -> HttpRespons
         })
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
-    let mut frames = state.feed.subscribe();
-    let first = frames.borrow_and_update().clone();
+    let (first, frames) = state.feed.subscribe();
     // A client that saw more samples than exist talked to an earlier balancer.
     let after = if last_seen > first.seq { 0 } else { last_seen };
     let samples: Vec<_> = first.samples.iter().filter(|s| s.seq > after).collect();
@@ -67,16 +66,20 @@ pub async fn events(state: web::Data<AppState>, req: HttpRequest) -> HttpRespons
         "event: history\ndata: {}\n\n",
         json!({ "samples": samples })
     ));
-    opening.push_str(&state_event(&first));
+    // Before the feed's first frame there is no state yet: the next frame brings it.
+    if !first.state.is_empty() {
+        opening.push_str(&state_event(&first));
+    }
     let stream = futures_util::stream::unfold(
-        (frames, Some(opening)),
-        |(mut frames, opening)| async move {
+        (frames, first.version, Some(opening)),
+        |(mut frames, seen, opening)| async move {
             if let Some(opening) = opening {
-                return Some((Ok::<_, Infallible>(Bytes::from(opening)), (frames, None)));
+                let chunk = Bytes::from(opening);
+                return Some((Ok::<_, Infallible>(chunk), (frames, seen, None)));
             }
-            frames.changed().await.ok()?;
-            let frame = frames.borrow_and_update().clone();
-            Some((Ok(Bytes::from(state_event(&frame))), (frames, None)))
+            let frame = feed::next_frame(&mut frames, seen).await?;
+            let chunk = Bytes::from(state_event(&frame));
+            Some((Ok(chunk), (frames, frame.version, None)))
         },
     );
     HttpResponse::Ok()

@@ -89,7 +89,13 @@ impl LoadTester {
             running.stop = Some((running.last_id, tx));
             (running.last_id, rx)
         };
-        let report = Arc::new(Report::running(id, &plan, unix_ms(), Duration::ZERO, 0, 0));
+        let report = Arc::new(Report::running(
+            id,
+            &plan,
+            unix_ms(),
+            Duration::ZERO,
+            &mut Tally::default(),
+        ));
         self.0.report.store(Some(report.clone()));
         log::info!(
             "load test {id}: {} GET {} with {} in flight for at most {:?} ({:?})",
@@ -121,16 +127,15 @@ impl LoadTester {
 async fn run(inner: Arc<Inner>, id: u64, plan: Plan, stop: watch::Receiver<bool>) {
     let started = Instant::now();
     let started_ms = unix_ms();
-    let live = Arc::new(Live::default());
+    let live = Live::default();
     let publisher = {
         let (inner, live, plan) = (inner.clone(), live.clone(), plan.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(PUBLISH_EVERY);
             loop {
                 tick.tick().await;
-                let (done, errors) = live.counts();
-                let report =
-                    Report::running(id, &plan, started_ms, started.elapsed(), done, errors);
+                let elapsed = started.elapsed();
+                let report = Report::running(id, &plan, started_ms, elapsed, &mut lock(&live));
                 inner.report.store(Some(Arc::new(report)));
             }
         })
@@ -142,13 +147,13 @@ async fn run(inner: Arc<Inner>, id: u64, plan: Plan, stop: watch::Receiver<bool>
         Ok(uri) => Arc::new(uri),
         Err(e) => {
             publisher.abort();
-            let mut report = Report::running(id, &plan, started_ms, Duration::ZERO, 0, 0);
+            let mut report =
+                Report::running(id, &plan, started_ms, Duration::ZERO, &mut Tally::default());
             report.error = Some(format!("bad path: {e}"));
             report.state = RunState::Failed;
             return finish(&inner, id, report);
         }
     };
-    let mut all = Tally::default();
     let mut steps = Vec::new();
     for step in plan.steps() {
         if *stop.borrow() {
@@ -162,7 +167,6 @@ async fn run(inner: Arc<Inner>, id: u64, plan: Plan, stop: watch::Receiver<bool>
                 summary: tally.summary(step_started.elapsed()),
             });
         }
-        all.merge(tally);
     }
     publisher.abort();
     let state = if *stop.borrow() {
@@ -171,8 +175,9 @@ async fn run(inner: Arc<Inner>, id: u64, plan: Plan, stop: watch::Receiver<bool>
         RunState::Done
     };
     let elapsed = started.elapsed();
-    let report =
-        Report::running(id, &plan, started_ms, elapsed, 0, 0).finished(state, all, elapsed, steps);
+    let all = std::mem::take(&mut *lock(&live));
+    let report = Report::running(id, &plan, started_ms, elapsed, &mut Tally::default())
+        .finished(state, all, elapsed, steps);
     log::info!(
         "load test {id} {state:?}: {} requests in {elapsed:.1?}, {:.0}/s, p99 {:?} ms, {} errors",
         report.completed,
@@ -191,20 +196,13 @@ fn finish(inner: &Inner, id: u64, report: Report) {
     }
 }
 
-/// A running test's counts, updated by every worker.
-#[derive(Default)]
-struct Live {
-    completed: AtomicU64,
-    errors: AtomicU64,
-}
+/// What a running test has counted so far, shared by its workers and its
+/// publisher. The workers all run on one thread, so the lock is never contended
+/// by them; the publisher holds it for a linear-time summary a few times a second.
+type Live = Arc<Mutex<Tally>>;
 
-impl Live {
-    fn counts(&self) -> (u64, u64) {
-        (
-            self.completed.load(Ordering::Relaxed),
-            self.errors.load(Ordering::Relaxed),
-        )
-    }
+fn lock(live: &Live) -> std::sync::MutexGuard<'_, Tally> {
+    live.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One step: `concurrency` workers share `requests` until they are sent or the
@@ -214,7 +212,7 @@ async fn run_step(
     uri: &Arc<hyper::Uri>,
     step: Step,
     stop: &watch::Receiver<bool>,
-    live: &Arc<Live>,
+    live: &Live,
 ) -> Tally {
     let deadline = tokio::time::Instant::now() + step.duration;
     let left = Arc::new(AtomicU64::new(step.requests));
@@ -237,12 +235,7 @@ async fn run_step(
                     },
                     _ = stop.changed() => break,
                 };
-                let failed = match &outcome {
-                    Outcome::Answered { status, .. } => *status >= 500,
-                    Outcome::Failed { .. } => true,
-                };
-                live.completed.fetch_add(1, Ordering::Relaxed);
-                live.errors.fetch_add(u64::from(failed), Ordering::Relaxed);
+                lock(&live).record(outcome.clone());
                 tally.record(outcome);
             }
             tally

@@ -74,25 +74,29 @@ impl Tally {
         }
     }
 
-    /// Throughput over `elapsed` and the latency percentiles, in ms.
+    /// Throughput over `elapsed` and the latency percentiles, in ms. Linear in the
+    /// requests counted (no sort), so a running test can be summarized often.
     pub fn summary(&mut self, elapsed: Duration) -> Summary {
-        self.latencies_us.sort_unstable();
-        let ms = |q: f64| {
-            let n = self.latencies_us.len();
-            (n > 0).then(|| {
-                let i = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
-                f64::from(self.latencies_us[i]) / 1000.0
-            })
-        };
         Summary {
             completed: self.completed,
             errors: self.errors,
             throughput: self.completed as f64 / elapsed.as_secs_f64().max(1e-3),
-            p50_ms: ms(0.5),
-            p99_ms: ms(0.99),
-            max_ms: ms(1.0),
+            p50_ms: percentile(&mut self.latencies_us, 0.5),
+            p99_ms: percentile(&mut self.latencies_us, 0.99),
+            max_ms: percentile(&mut self.latencies_us, 1.0),
         }
     }
+}
+
+/// The nearest-rank `q`-quantile of `us` (microseconds), in ms. Reorders `us`.
+fn percentile(us: &mut [u32], q: f64) -> Option<f64> {
+    let n = us.len();
+    if n == 0 {
+        return None;
+    }
+    let i = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
+    let (_, nth, _) = us.select_nth_unstable(i);
+    Some(f64::from(*nth) / 1000.0)
 }
 
 /// A tally's headline figures.
@@ -152,16 +156,16 @@ pub struct Report {
 }
 
 impl Report {
-    /// A test under way: counts so far, no percentiles yet.
+    /// A test under way, with what it counted so far.
     pub fn running(
         id: u64,
         plan: &Plan,
         started_ms: u64,
         elapsed: Duration,
-        completed: u64,
-        errors: u64,
+        so_far: &mut Tally,
     ) -> Report {
-        let by_requests = completed as f64 / plan.requests as f64;
+        let s = so_far.summary(elapsed);
+        let by_requests = s.completed as f64 / plan.requests as f64;
         let by_time = elapsed.as_secs_f64() / plan.duration.as_secs_f64();
         Report {
             id,
@@ -174,41 +178,44 @@ impl Report {
             started_ms,
             elapsed_s: elapsed.as_secs_f64(),
             progress: by_requests.max(by_time).min(1.0),
-            completed,
-            errors,
-            throughput: completed as f64 / elapsed.as_secs_f64().max(1e-3),
-            p50_ms: None,
-            p99_ms: None,
-            max_ms: None,
-            by_status: BTreeMap::new(),
-            by_replica: BTreeMap::new(),
+            completed: s.completed,
+            errors: s.errors,
+            throughput: s.throughput,
+            p50_ms: s.p50_ms,
+            p99_ms: s.p99_ms,
+            max_ms: s.max_ms,
+            by_status: so_far.by_status.clone(),
+            by_replica: so_far.by_replica.clone(),
             steps: Vec::new(),
             error: None,
         }
     }
 
-    /// A finished test, from everything it counted.
+    /// The same test finished in `state`, from everything it counted.
     pub fn finished(
-        mut self,
+        self,
         state: RunState,
         mut all: Tally,
         elapsed: Duration,
         steps: Vec<StepReport>,
     ) -> Report {
-        let s = all.summary(elapsed);
-        self.state = state;
-        self.elapsed_s = elapsed.as_secs_f64();
-        self.progress = 1.0;
-        self.completed = s.completed;
-        self.errors = s.errors;
-        self.throughput = s.throughput;
-        self.p50_ms = s.p50_ms;
-        self.p99_ms = s.p99_ms;
-        self.max_ms = s.max_ms;
-        self.by_status = all.by_status;
-        self.by_replica = all.by_replica;
-        self.steps = steps;
-        self
+        let done = Report::running(self.id, &self.plan(), self.started_ms, elapsed, &mut all);
+        Report {
+            state,
+            progress: 1.0,
+            steps,
+            ..done
+        }
+    }
+
+    fn plan(&self) -> Plan {
+        Plan {
+            requests: self.requests,
+            concurrency: self.concurrency,
+            duration: Duration::from_secs_f64(self.duration_s),
+            path: self.path.clone(),
+            mode: self.mode,
+        }
     }
 }
 
@@ -280,9 +287,14 @@ mod tests {
             duration: Duration::from_secs(10),
             ..Plan::default()
         };
-        let r = Report::running(1, &plan, 0, Duration::from_secs(1), 500, 0);
+        let mut so_far = Tally::default();
+        for _ in 0..500 {
+            so_far.record(answered(200, "S1", 2));
+        }
+        let r = Report::running(1, &plan, 0, Duration::from_secs(1), &mut so_far);
         assert_eq!(r.progress, 0.5);
-        let r = Report::running(1, &plan, 0, Duration::from_secs(8), 100, 0);
+        assert_eq!((r.p50_ms, r.by_replica["S1"]), (Some(2.0), 500));
+        let r = Report::running(1, &plan, 0, Duration::from_secs(8), &mut so_far);
         assert_eq!(r.progress, 0.8);
         let done = r.finished(
             RunState::Done,

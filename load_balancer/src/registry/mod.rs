@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use futures_util::stream::{BoxStream, SelectAll, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::backend::{Backend, ServerId};
 use crate::error::ApiError;
@@ -148,6 +148,9 @@ pub struct Registry {
     geometry: Geometry,
     members: BTreeMap<ServerId, Member>,
     snapshot: SharedSnapshot,
+    /// Every snapshot as it is published, for readers that must not miss a brief
+    /// state (the dashboard); a reader that lags skips ahead, the registry never waits.
+    published: broadcast::Sender<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
     commands: mpsc::UnboundedReceiver<Command>,
 }
@@ -179,10 +182,16 @@ impl Registry {
             geometry,
             members: BTreeMap::new(),
             snapshot: snapshot.clone(),
+            published: broadcast::channel(PUBLISHED_BACKLOG).0,
             metrics,
             commands,
         };
         Ok((registry, snapshot, RegistryHandle(tx)))
+    }
+
+    /// Every snapshot published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Snapshot>> {
+        self.published.subscribe()
     }
 
     /// The most replicas the policy can place.
@@ -318,7 +327,7 @@ impl Registry {
             })
             .collect();
         self.metrics.ring_changes.inc();
-        self.snapshot.store(Arc::new(Snapshot {
+        let snapshot = Arc::new(Snapshot {
             picker: self.policy.picker(http),
             lookaside: Arc::new(lookaside),
             replicas,
@@ -328,9 +337,15 @@ impl Registry {
                 .values()
                 .filter_map(|m| m.backend.clone())
                 .collect(),
-        }));
+        });
+        self.snapshot.store(snapshot.clone());
+        // No subscriber is fine.
+        let _ = self.published.send(snapshot);
     }
 }
+
+/// How many snapshots a subscriber may fall behind before it skips ahead.
+const PUBLISHED_BACKLOG: usize = 64;
 
 /// Every policy but the one `settings` names, each with `members` placed.
 fn build_others(
