@@ -31,7 +31,7 @@ pub struct AppState {
     /// Where `POST` and `DELETE /register` go.
     pub registered: RegisteredHandle,
     pub metrics: std::sync::Arc<Metrics>,
-    /// When set, `/add` and `/rm` need `Authorization: Bearer <token>`.
+    /// When set, every call that changes something needs `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
     /// Shown in `/status`.
     pub runtime: &'static str,

@@ -228,11 +228,12 @@ pub struct Config {
     )]
     pub etcd_endpoints: Vec<String>,
 
-    /// Serve `/add` and `/rm` only here (and every admin endpoint), not on `--listen`.
+    /// Serve every call that changes something (`/add`, `/rm`, `PUT /policy`, replica
+    /// controls, `/register`, `/loadtest`) only here, not on `--listen`; reads stay on both.
     #[arg(long, env = "LB_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
 
-    /// When set, `/add` and `/rm` need `Authorization: Bearer TOKEN`.
+    /// When set, every call that changes something needs `Authorization: Bearer TOKEN`.
     #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 }
