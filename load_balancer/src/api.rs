@@ -16,7 +16,7 @@ use crate::dashboard;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::HASH_POLICIES;
-use crate::registry::managed::ManagedHandle;
+use crate::registry::cluster::{ManagedAccess, Target};
 use crate::registry::registered::{parse_deregistration, parse_registration, RegisteredHandle};
 use crate::registry::RegistryHandle;
 use crate::replica_controls;
@@ -25,7 +25,9 @@ use crate::snapshot::{ReplicaStatus, SharedSnapshot, Snapshot};
 /// What every handler shares.
 pub struct AppState {
     pub snapshot: SharedSnapshot,
-    pub managed: ManagedHandle,
+    /// Where `/add`, `/rm` and replica controls are carried out: here, or by the
+    /// cluster's leader.
+    pub managed: ManagedAccess,
     /// Where `PUT /policy` goes.
     pub registry: RegistryHandle,
     /// Where `POST` and `DELETE /register` go.
@@ -192,6 +194,7 @@ async fn status(state: web::Data<AppState>) -> HttpResponse {
         "policy": policy,
         "hash": HASH_POLICIES.contains(&policy).then_some(policy),
         "hash_key": snap.settings.hash_key.to_string(),
+        "cluster": state.managed.describe(),
     }))
 }
 
@@ -243,11 +246,39 @@ async fn scale(
 ) -> Result<HttpResponse, ApiError> {
     let body = authorized_body(state, req, payload).await?;
     let request = admin::parse(&body, op)?;
+    let managed = match state.managed.target()? {
+        Target::Here(managed) => managed,
+        Target::Leader(leader) => return to_leader(state, req, &leader, body.freeze()).await,
+    };
     match op {
-        Op::Add => state.managed.add(request).await?,
-        Op::Remove => state.managed.remove(request).await?,
+        Op::Add => managed.add(request).await?,
+        Op::Remove => managed.remove(request).await?,
     }
     Ok(rep_body(&state.snapshot.load()))
+}
+
+/// Sends an admin call on to the cluster's leader, which alone changes the replica
+/// set, and answers with its answer.
+pub(crate) async fn to_leader(
+    state: &AppState,
+    req: &HttpRequest,
+    leader: &str,
+    body: bytes::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let uri = format!("http://{leader}{}", req.uri());
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    crate::replica_controls::relay(
+        &state.control_client,
+        req,
+        uri,
+        auth,
+        body,
+        "the cluster's leader",
+    )
+    .await
 }
 
 /// `POST /register`: a backend that speaks HTTP only joins (or renews) for a TTL.

@@ -9,7 +9,7 @@ use actix_web::{web, App, HttpServer};
 use tokio::sync::mpsc;
 
 use crate::api::{self, AppState};
-use crate::config::{Config, Discovery, RuntimeKind};
+use crate::config::{ClusterKind, Config, Discovery, RuntimeKind};
 use crate::dashboard::feed::{self, Feed};
 use crate::dataplane::{DataPlane, ForwardConfig};
 use crate::health::{self, Health, HeartbeatConfig, Prober};
@@ -21,10 +21,16 @@ use crate::policy::UnknownPolicy;
 use crate::provisioner::docker::{DockerProvisioner, DockerSettings, ReplicaLimits};
 use crate::provisioner::process::ProcessProvisioner;
 use crate::provisioner::static_set::StaticProvisioner;
+use crate::provisioner::swarm::{self, SwarmProvisioner};
 use crate::provisioner::{EventSender, Provisioner};
 use crate::registry::claims::Claims;
+use crate::registry::cluster::campaign::StartManaged;
+use crate::registry::cluster::entries::Leader;
+use crate::registry::cluster::{Candidacy, ManagedAccess, Membership};
+use crate::registry::etcd::entries::advertised;
+use crate::registry::etcd::{balancer_id, hostname};
 use crate::registry::etcd::{EtcdDiscovery, EtcdSettings};
-use crate::registry::managed::{Managed, ManagedConfig};
+use crate::registry::managed::{Managed, ManagedConfig, ManagedHandle};
 use crate::registry::registered::RegisteredTask;
 use crate::registry::Registry;
 use crate::ring::Geometry;
@@ -45,6 +51,8 @@ pub enum StartError {
     },
     #[error("docker runtime: {0}")]
     Docker(crate::provisioner::ProvisionError),
+    #[error("swarm runtime: {0}")]
+    Swarm(crate::provisioner::ProvisionError),
     #[error("--discovery etcd needs --etcd-endpoints URL,...")]
     NoEtcdEndpoints,
     #[error("{0}")]
@@ -69,26 +77,39 @@ async fn build_provisioner(
             }
             Arc::new(StaticProvisioner::new(&config.backends))
         }
-        RuntimeKind::Docker => {
+        RuntimeKind::Docker => Arc::new(
+            DockerProvisioner::connect(docker_settings(config), events)
+                .await
+                .map_err(StartError::Docker)?,
+        ),
+        RuntimeKind::Swarm => {
             let settings = DockerSettings {
-                image: config.image.clone(),
-                network: config.network.clone(),
-                instance: config.instance.clone(),
-                addressing: config.docker_addressing,
-                cleanup_on_exit: config.cleanup_on_exit,
-                limits: ReplicaLimits {
-                    memory_bytes: i64::from(config.replica_memory_mb) * 1024 * 1024,
-                    cpus: config.replica_cpus,
-                    pids: i64::from(config.replica_pids),
-                },
+                network: swarm::network_for(&config.network),
+                ..docker_settings(config)
             };
             Arc::new(
-                DockerProvisioner::connect(settings, events)
+                SwarmProvisioner::connect(settings, config.start_timeout, events)
                     .await
-                    .map_err(StartError::Docker)?,
+                    .map_err(StartError::Swarm)?,
             )
         }
     })
+}
+
+/// What the `docker` and `swarm` runtimes take from the flags.
+fn docker_settings(config: &Config) -> DockerSettings {
+    DockerSettings {
+        image: config.image.clone(),
+        network: config.network.clone(),
+        instance: config.instance.clone(),
+        addressing: config.docker_addressing,
+        cleanup_on_exit: config.cleanup_on_exit,
+        limits: ReplicaLimits {
+            memory_bytes: i64::from(config.replica_memory_mb) * 1024 * 1024,
+            cpus: config.replica_cpus,
+            pids: i64::from(config.replica_pids),
+        },
+    }
 }
 
 fn server_beside_self() -> std::io::Result<PathBuf> {
@@ -132,23 +153,45 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     let health: Arc<dyn Health> = Arc::new(Prober::new(config.heartbeat_timeout));
     let claims = Claims::new(registry.capacity());
-    let managed = Managed::new(
-        provisioner.clone(),
-        health.clone(),
-        ManagedConfig {
-            replicas,
-            capacity,
-            start_timeout: config.start_timeout,
-            drain_timeout: config.drain_timeout,
-        },
-        claims.clone(),
-        metrics.clone(),
-    );
+    let managed_config = ManagedConfig {
+        replicas,
+        capacity,
+        start_timeout: config.start_timeout,
+        drain_timeout: config.drain_timeout,
+    };
     let (unhealthy_tx, unhealthy_rx) = mpsc::unbounded_channel();
-    let (handle, source, managed_task) = managed.spawn(events_rx, unhealthy_rx);
+    // Alone, the managed source feeds this registry; in a cluster, the shared view
+    // does, and the managed source runs only while this balancer leads.
+    let (mut replicas_of, managed_source, access) = match config.cluster {
+        ClusterKind::None => {
+            let managed = Managed::new(
+                provisioner.clone(),
+                health.clone(),
+                managed_config.clone(),
+                claims.clone(),
+                metrics.clone(),
+            );
+            let (handle, source, task) = managed.spawn(events_rx, unhealthy_rx);
+            let access = ManagedAccess::Local(handle.clone());
+            (ReplicasOf::Alone(handle, task), source, access)
+        }
+        ClusterKind::Etcd => {
+            let (membership, source, access) = Membership::join(
+                config.etcd_endpoints.clone(),
+                config.instance.clone(),
+                metrics.clone(),
+            );
+            let pending = (events_rx, unhealthy_rx);
+            (
+                ReplicasOf::Cluster(membership, Some(pending)),
+                source,
+                access,
+            )
+        }
+    };
     let (registered, registered_source) = RegisteredTask::spawn(claims.clone(), metrics.clone());
     let mut sources: Vec<Box<dyn crate::registry::Source>> =
-        vec![Box::new(source), Box::new(registered_source)];
+        vec![Box::new(managed_source), Box::new(registered_source)];
     let discovery = match config.discovery {
         Discovery::None => None,
         Discovery::Etcd => {
@@ -164,6 +207,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     let published = registry.subscribe();
     let registry_task = tokio::spawn(registry.run(sources));
+    let health_for_reigns = health.clone();
     let heartbeat = tokio::spawn(health::heartbeat_loop(
         snapshot.clone(),
         health,
@@ -228,7 +272,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     );
     let state = web::Data::new(AppState {
         snapshot: snapshot.clone(),
-        managed: handle.clone(),
+        managed: access,
         registry: registry_handle,
         registered: registered.clone(),
         metrics: metrics.clone(),
@@ -279,6 +323,29 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if let Some(discovery) = &discovery {
         discovery.announce(dataplane.local_addr(), grpc_addr);
     }
+    if let ReplicasOf::Cluster(membership, pending) = &mut replicas_of {
+        if let Some((events, unhealthy)) = pending.take() {
+            let admin = config.admin_listen.unwrap_or(dataplane.local_addr());
+            let me = Leader {
+                id: balancer_id(),
+                admin: advertised(admin, &hostname()),
+            };
+            let start = start_managed(
+                provisioner.clone(),
+                health_for_reigns.clone(),
+                managed_config.clone(),
+                metrics.clone(),
+            );
+            let candidacy = Candidacy {
+                me,
+                ttl: config.leader_ttl,
+                start,
+                snapshot: snapshot.clone(),
+                geometry,
+            };
+            membership.campaign(candidacy, events, unhealthy);
+        }
+    }
     // Tests and scripts read this line to learn the port when given port 0; it comes
     // last, once everything listens.
     println!("listening on http://{}", dataplane.local_addr());
@@ -310,11 +377,51 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     api_handle.stop(true).await;
     let _ = api_task.await;
     heartbeat.abort();
-    handle.shutdown().await;
-    let _ = managed_task.await;
+    match replicas_of {
+        ReplicasOf::Alone(handle, task) => {
+            handle.shutdown().await;
+            let _ = task.await;
+        }
+        ReplicasOf::Cluster(membership, _) => membership.leave().await,
+    }
     // Its source has ended with the managed task.
     let _ = registry_task.await;
     Ok(())
+}
+
+/// Who runs the replicas: this balancer's own managed source, or the cluster's
+/// leader (this one while it leads).
+enum ReplicasOf {
+    Alone(ManagedHandle, tokio::task::JoinHandle<()>),
+    /// The death reports and missed heartbeats wait here until the campaign starts.
+    Cluster(
+        Membership,
+        Option<(
+            mpsc::UnboundedReceiver<crate::provisioner::ProvisionerEvent>,
+            mpsc::UnboundedReceiver<String>,
+        )>,
+    ),
+}
+
+/// How a leader starts its managed source. Each reign claims names afresh: the
+/// shared view, not this balancer's past reigns, says who exists.
+fn start_managed(
+    provisioner: Arc<dyn Provisioner>,
+    health: Arc<dyn Health>,
+    config: ManagedConfig,
+    metrics: Arc<Metrics>,
+) -> StartManaged {
+    Box::new(move |events, unhealthy| {
+        let claims = Claims::new(config.capacity);
+        Managed::new(
+            provisioner.clone(),
+            health.clone(),
+            config.clone(),
+            claims,
+            metrics.clone(),
+        )
+        .spawn(events, unhealthy)
+    })
 }
 
 /// The look-aside gRPC listener: the address given, which must be free, or the

@@ -18,6 +18,9 @@ pub enum RuntimeKind {
     Process,
     /// Existing servers given with `--backend`; nothing is started.
     Static,
+    /// Docker Swarm services of one task each, through a manager's API; the
+    /// `docker` runtime's flags apply (`--network lbnet` becomes `lbnet-swarm`).
+    Swarm,
 }
 
 /// How the `docker` runtime reaches its replicas.
@@ -39,6 +42,16 @@ pub enum Discovery {
     /// Nowhere else.
     None,
     /// Under `/lb/<instance>/backends/` in etcd (`--etcd-endpoints`).
+    Etcd,
+}
+
+/// Whether several balancers share one replica set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterKind {
+    /// This balancer alone runs its replicas.
+    None,
+    /// Every balancer of the same `--instance` shares the replica set kept in etcd
+    /// (`--etcd-endpoints`); one, elected, runs the replicas.
     Etcd,
 }
 
@@ -67,36 +80,36 @@ pub struct Config {
     #[arg(long, env = "LB_SERVER_BIN")]
     pub server_bin: Option<PathBuf>,
 
-    /// `docker` runtime: the server image.
+    /// `docker` and `swarm` runtimes: the server image.
     #[arg(long, env = "LB_IMAGE", default_value = "lb-server:latest")]
     pub image: String,
 
-    /// `docker` runtime: the network replicas join.
+    /// `docker` and `swarm` runtimes: the network replicas join.
     #[arg(long, env = "LB_NETWORK", default_value = "lbnet")]
     pub network: String,
 
-    /// `docker` runtime: the value of the `lb.managed-by` label of its containers;
+    /// `docker` and `swarm` runtimes: the value of the `lb.managed-by` label of its containers;
     /// with `--discovery etcd`, its prefix there: `/lb/<instance>`.
     #[arg(long, env = "LB_INSTANCE", default_value = "load_balancer")]
     pub instance: String,
 
-    /// `docker` runtime: memory limit of each replica, in MiB.
+    /// `docker` and `swarm` runtimes: memory limit of each replica, in MiB.
     #[arg(long, env = "LB_REPLICA_MEMORY_MB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..=65536))]
     pub replica_memory_mb: u32,
 
-    /// `docker` runtime: CPU limit of each replica, in cores.
+    /// `docker` and `swarm` runtimes: CPU limit of each replica, in cores.
     #[arg(long, env = "LB_REPLICA_CPUS", default_value_t = 1.0, value_parser = parse_cpus)]
     pub replica_cpus: f64,
 
-    /// `docker` runtime: most processes and threads in each replica.
+    /// `docker` and `swarm` runtimes: most processes and threads in each replica.
     #[arg(long, env = "LB_REPLICA_PIDS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..=65536))]
     pub replica_pids: u32,
 
-    /// `docker` runtime: how replicas are reached.
+    /// `docker` and `swarm` runtimes: how replicas are reached.
     #[arg(long, env = "LB_DOCKER_ADDRESSING", value_enum, default_value = "auto")]
     pub docker_addressing: DockerAddressing,
 
-    /// `docker` runtime: remove every container of the instance when the balancer
+    /// `docker` and `swarm` runtimes: remove every container of the instance when the balancer
     /// exits (by default they keep running, and a restarted balancer adopts them).
     #[arg(long, env = "LB_CLEANUP_ON_EXIT")]
     pub cleanup_on_exit: bool,
@@ -217,14 +230,27 @@ pub struct Config {
     #[arg(long, env = "LB_DISCOVERY", value_enum, default_value = "none")]
     pub discovery: Discovery,
 
-    /// `--discovery etcd`: the etcd endpoints, comma separated (`http://HOST:PORT`).
+    /// Share the replica set with every balancer of the same `--instance` through
+    /// etcd: all route over it; one, elected, starts, respawns and removes replicas,
+    /// and `/add`, `/rm` and replica controls sent to another are sent on to it.
+    #[arg(long, env = "LB_CLUSTER", value_enum, default_value = "none")]
+    pub cluster: ClusterKind,
+
+    /// `--cluster etcd`: the leader's lease; when the leader dies, another leads
+    /// within about this long (whole seconds, at least 1).
+    #[arg(long, env = "LB_LEADER_TTL", default_value = "2s", value_parser = parse_leader_ttl)]
+    pub leader_ttl: Duration,
+
+    /// `--discovery etcd` and `--cluster etcd`: the etcd endpoints, comma separated
+    /// (`http://HOST:PORT`).
     #[arg(
         long,
         env = "LB_ETCD_ENDPOINTS",
         value_name = "URL,...",
         value_delimiter = ',',
         value_parser = parse_etcd_endpoint,
-        required_if_eq("discovery", "etcd")
+        required_if_eq("discovery", "etcd"),
+        required_if_eq("cluster", "etcd")
     )]
     pub etcd_endpoints: Vec<String>,
 
@@ -236,6 +262,15 @@ pub struct Config {
     /// When set, every call that changes something needs `Authorization: Bearer TOKEN`.
     #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+}
+
+fn parse_leader_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.as_secs() >= 1 && d.subsec_nanos() == 0 && d.as_secs() <= 60 {
+        Ok(d)
+    } else {
+        Err("the leader's TTL is whole seconds from 1s to 60s (etcd leases count seconds)".into())
+    }
 }
 
 fn parse_balance_factor(s: &str) -> Result<f64, String> {

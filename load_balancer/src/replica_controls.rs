@@ -13,8 +13,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::api::{authorize, read_body, AppState};
+use crate::api::{authorize, read_body, to_leader, AppState};
 use crate::error::ApiError;
+use crate::registry::cluster::Target;
 
 /// How long a replica may take to answer a relayed `/control`.
 const RELAY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,7 +57,10 @@ async fn switch(
     enabled: bool,
 ) -> Result<HttpResponse, ApiError> {
     authorize(state, req)?;
-    state.managed.enable(name.clone(), enabled).await?;
+    match state.managed.target()? {
+        Target::Here(managed) => managed.enable(name.clone(), enabled).await?,
+        Target::Leader(leader) => return to_leader(state, req, &leader, Bytes::new()).await,
+    }
     let snap = state.snapshot.load();
     let status = snap
         .replicas
@@ -96,20 +100,33 @@ pub async fn control(
         "" => String::new(),
         q => format!("?{q}"),
     };
-    let unreachable = |e: String| ApiError::BadGateway(format!("{name}: {e}"));
-    let relayed = hyper::Request::builder()
+    let uri = format!("http://{address}/control{query}");
+    relay(&state.control_client, &req, uri, None, body.freeze(), &name).await
+}
+
+/// Sends a call on to `uri` (with `authorization`, if any) and answers with the
+/// status and body that come back; `who` names the far end in errors.
+pub(crate) async fn relay(
+    client: &ControlClient,
+    req: &HttpRequest,
+    uri: String,
+    authorization: Option<&str>,
+    body: Bytes,
+    who: &str,
+) -> Result<HttpResponse, ApiError> {
+    let unreachable = |e: String| ApiError::BadGateway(format!("{who}: {e}"));
+    let mut relayed = hyper::Request::builder()
         .method(req.method().as_str())
-        .uri(format!("http://{address}/control{query}"))
-        .header("content-type", "application/json")
-        .body(Full::new(body.freeze()))
+        .uri(uri)
+        .header("content-type", "application/json");
+    if let Some(auth) = authorization {
+        relayed = relayed.header("authorization", auth);
+    }
+    let relayed = relayed
+        .body(Full::new(body))
         .map_err(|e| unreachable(e.to_string()))?;
     let answer = tokio::time::timeout(RELAY_TIMEOUT, async {
-        let res = state
-            .control_client
-            .0
-            .request(relayed)
-            .await
-            .map_err(|e| e.to_string())?;
+        let res = client.0.request(relayed).await.map_err(|e| e.to_string())?;
         let status = res.status().as_u16();
         let body = res.into_body().collect().await.map_err(|e| e.to_string())?;
         Ok::<_, String>((status, body.to_bytes()))

@@ -32,6 +32,9 @@ pub enum RingError {
     /// Ids start at 1.
     #[error("server id 0 is not valid: ids start at 1")]
     ZeroId,
+    /// Given slots that are not one free slot per virtual node.
+    #[error("server id {0} cannot be placed on the slots given: one free slot per virtual node is needed")]
+    Misplaced(ServerId),
 }
 
 /// Ring geometry: `m` slots, `k` virtual nodes per server.
@@ -146,6 +149,42 @@ impl Ring {
         }
         self.servers += 1;
         Ok(())
+    }
+
+    /// Places `id`'s virtual nodes on exactly `slots`, as another ring placed them
+    /// (a cluster's leader), so that both rings agree whatever order each heard of
+    /// their servers in. Refused, changing nothing, unless there is one slot per
+    /// virtual node, each on the ring and free.
+    pub fn place(&mut self, id: ServerId, slots: &[usize]) -> Result<(), RingError> {
+        if id == 0 {
+            return Err(RingError::ZeroId);
+        }
+        if self.contains(id) {
+            return Err(RingError::AlreadyPresent(id));
+        }
+        let mut distinct = slots.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let fits = distinct.len() == self.geometry.virtual_nodes
+            && distinct.len() == slots.len()
+            && distinct
+                .iter()
+                .all(|s| self.slots.get(*s).is_some_and(Option::is_none));
+        if !fits || self.servers >= self.geometry.capacity() {
+            return Err(RingError::Misplaced(id));
+        }
+        for s in distinct {
+            self.slots[s] = Some(id);
+        }
+        self.servers += 1;
+        Ok(())
+    }
+
+    /// The slots of `id`'s virtual nodes, in increasing order.
+    pub fn slots_of(&self, id: ServerId) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|s| self.slots[*s] == Some(id))
+            .collect()
     }
 
     /// Frees every slot of `id`. Returns whether it was on the ring.
@@ -354,5 +393,37 @@ mod tests {
             let without: Vec<_> = r.table(|id| id != down).candidates_from_slot(slot).collect();
             prop_assert_eq!(&all[1..], &without[..]);
         }
+    }
+
+    #[test]
+    fn a_server_placed_where_another_ring_put_it_lands_on_exactly_those_slots() {
+        let mut leader = ring();
+        for id in [1, 2, 3] {
+            leader.add(id).unwrap();
+        }
+        let mut follower = ring();
+        // Heard of in another order: placed, not probed, so the rings agree.
+        for id in [3, 1, 2] {
+            follower.place(id, &leader.slots_of(id)).unwrap();
+        }
+        assert_eq!(follower.slots(), leader.slots());
+        assert_eq!(leader.slots_of(1).len(), 9);
+    }
+
+    #[test]
+    fn a_placement_that_does_not_fit_is_refused_and_changes_nothing() {
+        let mut r = ring();
+        r.add(1).unwrap();
+        let taken = r.slots_of(1);
+        let before = r.slots().to_vec();
+        assert_eq!(r.place(2, &taken), Err(RingError::Misplaced(2)));
+        assert_eq!(r.place(2, &[1, 2]), Err(RingError::Misplaced(2)), "too few");
+        assert_eq!(
+            r.place(2, &[600; 9]),
+            Err(RingError::Misplaced(2)),
+            "off the ring"
+        );
+        assert_eq!(r.place(1, &[0; 9]), Err(RingError::AlreadyPresent(1)));
+        assert_eq!(r.slots(), &before[..]);
     }
 }

@@ -15,7 +15,7 @@ use crate::policy::Picker;
 use crate::registry::claims::Owner;
 
 /// A replica's lifecycle state, as `/status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplicaState {
     /// Launched (or being launched), not yet answering `/heartbeat`.

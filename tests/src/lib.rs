@@ -253,6 +253,7 @@ pub mod seed {
 }
 pub mod etcd;
 pub mod smuggling;
+pub mod swarm;
 
 /// Steady background traffic: `GET /home` from a few threads until stopped (or a
 /// time limit), counting answers that were 200 and those that were not.

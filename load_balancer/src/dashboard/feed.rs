@@ -194,7 +194,7 @@ async fn recv(
 }
 
 /// Every counter the dashboard follows, now.
-fn read(metrics: &Metrics, snap: &Snapshot) -> Reading {
+pub(super) fn read(metrics: &Metrics, snap: &Snapshot) -> Reading {
     Reading {
         at_ms: unix_ms(),
         totals: metrics.totals(),

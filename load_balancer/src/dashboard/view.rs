@@ -79,12 +79,7 @@ mod tests {
         let mut history = History::default();
         let read = |at_ms| Reading {
             at_ms,
-            totals: metrics.totals(),
-            replicas: snap
-                .figures
-                .iter()
-                .map(|b| (b.hostname.clone(), b.counters.read()))
-                .collect(),
+            ..crate::dashboard::feed::read(&metrics, &snap)
         };
         history.push(read(0));
         for _ in 0..4 {

@@ -180,10 +180,10 @@ async fn run(inner: Arc<Inner>, id: u64, plan: Plan, stop: watch::Receiver<bool>
         .finished(state, all, elapsed, steps);
     log::info!(
         "load test {id} {state:?}: {} requests in {elapsed:.1?}, {:.0}/s, p99 {:?} ms, {} errors",
-        report.completed,
-        report.throughput,
-        report.p99_ms,
-        report.errors
+        report.summary.completed,
+        report.summary.throughput,
+        report.summary.p99_ms,
+        report.summary.errors
     );
     finish(&inner, id, report);
 }

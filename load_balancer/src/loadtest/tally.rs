@@ -143,12 +143,8 @@ pub struct Report {
     pub elapsed_s: f64,
     /// 0..1: of the requests or of the time, whichever is further along.
     pub progress: f64,
-    pub completed: u64,
-    pub errors: u64,
-    pub throughput: f64,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub max_ms: Option<f64>,
+    #[serde(flatten)]
+    pub summary: Summary,
     pub by_status: BTreeMap<String, u64>,
     pub by_replica: BTreeMap<String, u64>,
     pub steps: Vec<StepReport>,
@@ -178,12 +174,7 @@ impl Report {
             started_ms,
             elapsed_s: elapsed.as_secs_f64(),
             progress: by_requests.max(by_time).min(1.0),
-            completed: s.completed,
-            errors: s.errors,
-            throughput: s.throughput,
-            p50_ms: s.p50_ms,
-            p99_ms: s.p99_ms,
-            max_ms: s.max_ms,
+            summary: s,
             by_status: so_far.by_status.clone(),
             by_replica: so_far.by_replica.clone(),
             steps: Vec::new(),
@@ -293,7 +284,7 @@ mod tests {
         }
         let r = Report::running(1, &plan, 0, Duration::from_secs(1), &mut so_far);
         assert_eq!(r.progress, 0.5);
-        assert_eq!((r.p50_ms, r.by_replica["S1"]), (Some(2.0), 500));
+        assert_eq!((r.summary.p50_ms, r.by_replica["S1"]), (Some(2.0), 500));
         let r = Report::running(1, &plan, 0, Duration::from_secs(8), &mut so_far);
         assert_eq!(r.progress, 0.8);
         let done = r.finished(

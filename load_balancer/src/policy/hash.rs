@@ -43,6 +43,10 @@ impl Policy for HashPolicy {
         self.ring.add(id)
     }
 
+    fn join_at(&mut self, id: ServerId, slots: &[usize]) -> Result<(), RingError> {
+        self.ring.place(id, slots)
+    }
+
     fn leave(&mut self, id: ServerId) {
         self.ring.remove(id);
     }

@@ -37,6 +37,12 @@ pub trait Policy: Send + Sync + Debug {
     /// a replica that is down keeps its place and its replacement lands there.
     fn join(&mut self, id: ServerId) -> Result<(), RingError>;
 
+    /// A replica joins on the ring slots another balancer gave it (a cluster's
+    /// leader); policies without a ring just [`Policy::join`].
+    fn join_at(&mut self, id: ServerId, _slots: &[usize]) -> Result<(), RingError> {
+        self.join(id)
+    }
+
     /// A replica leaves the set for good.
     fn leave(&mut self, id: ServerId);
 

@@ -8,6 +8,7 @@
 pub mod docker;
 pub mod process;
 pub mod static_set;
+pub mod swarm;
 
 use std::time::Duration;
 

@@ -16,6 +16,7 @@
 //! answer goes out. Requests in flight keep the snapshot they started with.
 
 pub mod claims;
+pub mod cluster;
 pub mod etcd;
 pub mod managed;
 pub mod registered;
@@ -65,6 +66,9 @@ pub enum Change {
     Upsert(Member),
     /// A member left for good.
     Remove(ServerId),
+    /// Where a member's virtual nodes go on the ring of a scheme, when another
+    /// balancer decided it; comes before the member's first `Upsert`.
+    Place(ServerId, Placement),
 }
 
 /// Changes a source applies together, published as one snapshot; `then` runs once
@@ -153,6 +157,17 @@ pub struct Registry {
     published: broadcast::Sender<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
     commands: mpsc::UnboundedReceiver<Command>,
+    /// Ring slots another balancer gave members (a cluster's leader), by id, with
+    /// the scheme they are slots of: such a member is placed there, not probed, so
+    /// balancers that heard of members in different orders build the same ring.
+    placements: BTreeMap<ServerId, Placement>,
+}
+
+/// Where a member's virtual nodes go on the ring of one scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub scheme: String,
+    pub slots: Vec<usize>,
 }
 
 impl Registry {
@@ -164,7 +179,7 @@ impl Registry {
         metrics: Arc<Metrics>,
     ) -> Result<(Self, SharedSnapshot, RegistryHandle), UnknownPolicy> {
         let policy = policy::build(settings.policy, settings.tuning(geometry))?;
-        let others = build_others(&settings, geometry, std::iter::empty())
+        let others = build_others(&settings, geometry, std::iter::empty(), &BTreeMap::new())
             .map_err(|e| UnknownPolicy(e.to_string()))?;
         let settings = Arc::new(settings);
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
@@ -185,6 +200,7 @@ impl Registry {
             published: broadcast::channel(PUBLISHED_BACKLOG).0,
             metrics,
             commands,
+            placements: BTreeMap::new(),
         };
         Ok((registry, snapshot, RegistryHandle(tx)))
     }
@@ -244,14 +260,7 @@ impl Registry {
                 self.settings.slow_start,
             );
         if rebuild {
-            let invalid = |e: String| SettingsError::Invalid(e);
-            let mut policy = policy::build(new.policy, new.tuning(self.geometry))
-                .map_err(|e| invalid(e.to_string()))?;
-            for id in self.members.keys() {
-                policy.join(*id).map_err(|e| invalid(e.to_string()))?;
-            }
-            let others = build_others(&new, self.geometry, self.members.keys().copied())
-                .map_err(|e| invalid(e.to_string()))?;
+            let (policy, others) = self.placed(&new).map_err(SettingsError::Invalid)?;
             self.policy = policy;
             self.others = others;
         }
@@ -260,24 +269,50 @@ impl Registry {
         Ok(new)
     }
 
+    /// The policies `settings` name, with every member placed in id order.
+    #[allow(clippy::type_complexity)]
+    fn placed(
+        &self,
+        settings: &Settings,
+    ) -> Result<(Box<dyn Policy>, Vec<Box<dyn Policy>>), String> {
+        let mut policy = policy::build(settings.policy, settings.tuning(self.geometry))
+            .map_err(|e| e.to_string())?;
+        for id in self.members.keys() {
+            join(&mut *policy, *id, self.placements.get(id)).map_err(|e| e.to_string())?;
+        }
+        let others = build_others(
+            settings,
+            self.geometry,
+            self.members.keys().copied(),
+            &self.placements,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((policy, others))
+    }
+
     fn apply(&mut self, changes: Vec<Change>) {
         for change in changes {
             match change {
                 Change::Upsert(member) => {
                     let id = member.id;
                     if !self.members.contains_key(&id) {
+                        let placement = self.placements.get(&id);
                         // Sources claim ids within the ring's capacity, once each.
-                        if let Err(e) = self.policy.join(id) {
+                        if let Err(e) = join(&mut *self.policy, id, placement) {
                             log::error!("{} cannot be placed: {e}", member.hostname);
                             continue;
                         }
                         for p in &mut self.others {
-                            let _ = p.join(id);
+                            let _ = join(&mut **p, id, placement);
                         }
                     }
                     self.members.insert(id, member);
                 }
+                Change::Place(id, placement) => {
+                    self.placements.insert(id, placement);
+                }
                 Change::Remove(id) => {
+                    self.placements.remove(&id);
                     if self.members.remove(&id).is_some() {
                         self.policy.leave(id);
                         for p in &mut self.others {
@@ -352,17 +387,35 @@ fn build_others(
     settings: &Settings,
     geometry: Geometry,
     members: impl Iterator<Item = ServerId> + Clone,
+    placements: &BTreeMap<ServerId, Placement>,
 ) -> Result<Vec<Box<dyn Policy>>, crate::ring::RingError> {
     policy::names()
         .filter(|n| *n != settings.policy)
         .map(|name| {
             let mut p = policy::build(name, settings.tuning(geometry)).expect("a listed name");
             for id in members.clone() {
-                p.join(id)?;
+                join(&mut *p, id, placements.get(&id))?;
             }
             Ok(p)
         })
         .collect()
+}
+
+/// Places `id` on `policy`: on the slots given for its scheme if there are, else as
+/// the policy places newcomers. Given slots that no longer fit (another balancer's
+/// view that this one has not caught up with) are a warning, not a refusal.
+fn join(
+    policy: &mut dyn Policy,
+    id: ServerId,
+    placement: Option<&Placement>,
+) -> Result<(), crate::ring::RingError> {
+    match placement.filter(|p| p.scheme == policy.name()) {
+        Some(p) => policy.join_at(id, &p.slots).or_else(|e| {
+            log::warn!("replica {id}: {e}; placing it on this balancer's own");
+            policy.join(id)
+        }),
+        None => policy.join(id),
+    }
 }
 
 #[cfg(test)]
@@ -584,5 +637,63 @@ mod tests {
         assert!(err.to_string().contains("hedge"));
         assert_eq!(registry.settings.policy, "quadratic");
         assert!(Arc::ptr_eq(&before, &snapshot.load_full()));
+    }
+
+    /// The owner of every key in `0..10_000` after `batches`.
+    fn owners_after(batches: Vec<Vec<Change>>) -> Vec<Option<ServerId>> {
+        let (mut registry, snapshot) = registry();
+        for changes in batches {
+            registry.apply(changes);
+        }
+        registry.publish();
+        let snap = snapshot.load();
+        (0..10_000).map(|k| first(&snap, k)).collect()
+    }
+
+    #[test]
+    fn members_placed_on_given_slots_route_alike_whatever_the_order_heard_in() {
+        let m = Metrics::new();
+        let up = |id| Change::Upsert(member(id, ReplicaState::Healthy, &m));
+        // A leader saw the set grow, shrink and reuse an id; a balancer started
+        // later hears of the result at once.
+        let lived = vec![
+            vec![up(1), up(2), up(3)],
+            vec![up(4), up(5), up(6)],
+            vec![Change::Remove(2), Change::Remove(5)],
+            vec![up(5)],
+            vec![up(2)],
+        ];
+        let mut leader = crate::ring::Ring::new(
+            Geometry::DEFAULT,
+            crate::scheme::by_name("quadratic").unwrap(),
+        );
+        for id in [1, 2, 3, 4, 5, 6] {
+            leader.add(id).unwrap();
+        }
+        leader.remove(2);
+        leader.remove(5);
+        leader.add(5).unwrap();
+        leader.add(2).unwrap();
+        let at_once = |placed: bool| {
+            let mut changes = Vec::new();
+            for id in [6, 2, 4, 1, 5, 3] {
+                if placed {
+                    let slots = leader.slots_of(id);
+                    changes.push(Change::Place(
+                        id,
+                        Placement {
+                            scheme: "quadratic".into(),
+                            slots,
+                        },
+                    ));
+                }
+                changes.push(up(id));
+            }
+            vec![changes]
+        };
+        // Heard of in another order, the same set routes differently...
+        assert_ne!(owners_after(lived.clone()), owners_after(at_once(false)));
+        // ...unless placed where the leader put it.
+        assert_eq!(owners_after(lived), owners_after(at_once(true)));
     }
 }

@@ -17,7 +17,9 @@ pub(super) fn in_container() -> bool {
 /// The container this process runs in, as the engine sees it, or `None` on the host.
 /// `/.dockerenv` alone is no proof (some VM images keep it from the container they
 /// were built from), so the engine must know a container that matches our hostname.
-pub(super) async fn own_container(docker: &Docker) -> Option<ContainerInspectResponse> {
+pub(in crate::provisioner) async fn own_container(
+    docker: &Docker,
+) -> Option<ContainerInspectResponse> {
     let me = std::fs::read_to_string("/etc/hostname").ok()?;
     let me = me.trim();
     if me.is_empty() {
@@ -35,7 +37,7 @@ pub(super) async fn own_container(docker: &Docker) -> Option<ContainerInspectRes
     (by_id || by_hostname).then_some(c)
 }
 
-pub(super) fn status(e: &DockerError) -> Option<u16> {
+pub(in crate::provisioner) fn status(e: &DockerError) -> Option<u16> {
     match e {
         DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
@@ -43,7 +45,7 @@ pub(super) fn status(e: &DockerError) -> Option<u16> {
 }
 
 /// The engine's own message when there is one: it is the readable part.
-pub(super) fn message(e: &DockerError) -> String {
+pub(in crate::provisioner) fn message(e: &DockerError) -> String {
     match e {
         DockerError::DockerResponseServerError { message, .. } => message.clone(),
         other => other.to_string(),
@@ -86,7 +88,11 @@ pub(super) async fn ensure_network(docker: &Docker, network: &str) -> Result<(),
 
 /// A balancer in a container reaches replicas by name only from the same network:
 /// join it when started without it (e.g. a plain `docker run`).
-pub(super) async fn join_network(docker: &Docker, me: &ContainerInspectResponse, network: &str) {
+pub(in crate::provisioner) async fn join_network(
+    docker: &Docker,
+    me: &ContainerInspectResponse,
+    network: &str,
+) {
     let joined = me
         .network_settings
         .as_ref()

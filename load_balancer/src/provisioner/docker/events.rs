@@ -14,7 +14,7 @@ use crate::provisioner::{EventSender, ProvisionerEvent};
 const MAX_EVENT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Seconds since the epoch, as the engine stamps events.
-pub(super) fn unix_now() -> i64 {
+pub(in crate::provisioner) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -80,7 +80,7 @@ pub(super) async fn watch_events(
 }
 
 /// The death an engine event reports, if it reports one.
-fn death(msg: &EventMessage) -> Option<ProvisionerEvent> {
+pub(in crate::provisioner) fn death(msg: &EventMessage) -> Option<ProvisionerEvent> {
     let actor = msg.actor.as_ref()?;
     let handle = actor.id.clone()?;
     let attrs = actor.attributes.clone().unwrap_or_default();

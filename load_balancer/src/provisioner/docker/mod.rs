@@ -22,8 +22,8 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::future::join_all;
 
-mod engine;
-mod events;
+pub(super) mod engine;
+pub(super) mod events;
 
 use engine::{ensure_network, join_network, message, own_container, status};
 use events::{unix_now, watch_events};
@@ -49,12 +49,14 @@ const REPLICA_USER: &str = "65534:65534";
 /// How long `shutdown --cleanup-on-exit` lets replicas finish in-flight requests.
 const CLEANUP_GRACE: Duration = Duration::from_secs(5);
 
-/// What the `docker` runtime needs from the configuration.
+/// What the `docker` runtime (and the `swarm` runtime, which shares it) needs from
+/// the configuration.
 #[derive(Debug, Clone)]
 pub struct DockerSettings {
     /// The server image, e.g. `lb-server:latest`.
     pub image: String,
-    /// The network replicas join; created (bridge) when missing.
+    /// The network replicas join; created when missing (a bridge for `docker`, an
+    /// attachable overlay for `swarm`).
     pub network: String,
     /// The value of the `lb.managed-by` label.
     pub instance: String,

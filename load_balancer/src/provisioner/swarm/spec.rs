@@ -248,7 +248,10 @@ mod tests {
             restart.condition,
             Some(TaskSpecRestartPolicyConditionEnum::ANY)
         );
-        assert!(restart.delay.unwrap() < 1_000_000_000, "well under Swarm's 5 s");
+        assert!(
+            restart.delay.unwrap() < 1_000_000_000,
+            "well under Swarm's 5 s"
+        );
         let limits = task.resources.unwrap().limits.unwrap();
         assert_eq!(limits.nano_cpus, Some(500_000_000));
         assert_eq!(limits.memory_bytes, Some(64 << 20));
@@ -257,10 +260,7 @@ mod tests {
         assert_eq!(nets[0].target.as_deref(), Some("lbnet-swarm"));
         let c = task.container_spec.unwrap();
         assert_eq!(c.image.as_deref(), Some("sha256:abc"));
-        assert!(c
-            .env
-            .unwrap()
-            .contains(&"SERVER_ID=Server2".to_string()));
+        assert!(c.env.unwrap().contains(&"SERVER_ID=Server2".to_string()));
         assert_eq!(c.read_only, Some(true));
         assert_eq!(c.user.as_deref(), Some(REPLICA_USER));
     }

@@ -46,26 +46,36 @@ pub(super) fn current<'a>(
     })
 }
 
-/// Why the service's newest attempt cannot run, when Swarm refused it outright
-/// (`rejected`: e.g. no such image on the node), so a start need not wait it out.
+/// How many of a service's tasks Swarm must have rejected before a start stops
+/// waiting for one to run.
+const REJECTIONS: usize = 3;
+
+/// Why the service's tasks cannot run, once Swarm has refused to even start them
+/// ([`REJECTIONS`] tasks `rejected`: e.g. no such image on the node). Swarm keeps
+/// trying with new tasks forever; a start need not wait it out.
 pub(super) fn rejection(tasks: &[Task], service_id: &str) -> Option<String> {
-    let desired = tasks.iter().filter(|t| {
-        t.service_id.as_deref() == Some(service_id) && t.desired_state == Some(TaskState::RUNNING)
+    let mut rejected = tasks.iter().filter(|t| {
+        t.service_id.as_deref() == Some(service_id) && state(t) == Some(TaskState::REJECTED)
     });
-    let mut pending = false;
-    for t in desired {
-        if state(t) != Some(TaskState::REJECTED) {
-            pending = true;
-        }
+    let why = rejected.next()?.status.as_ref()?.err.clone();
+    (rejected.count() + 1 >= REJECTIONS).then_some(why?)
+}
+
+/// Where the service's next task stands, to say why a start is taking long:
+/// `preparing`, `pending: no suitable node`, or that there is none yet.
+pub(super) fn progress(tasks: &[Task], service_id: &str) -> String {
+    let next = tasks.iter().find(|t| {
+        t.service_id.as_deref() == Some(service_id)
+            && matches!(t.desired_state, Some(TaskState::READY | TaskState::RUNNING))
+    });
+    let Some(status) = next.and_then(|t| t.status.as_ref()) else {
+        return "no task is scheduled".into();
+    };
+    let state = status.state.map_or("unknown".into(), |s| s.to_string());
+    match status.err.as_deref().filter(|e| !e.is_empty()) {
+        Some(err) => format!("its task is {state}: {err}"),
+        None => format!("its task is {state}"),
     }
-    if pending {
-        return None;
-    }
-    tasks
-        .iter()
-        .filter(|t| t.service_id.as_deref() == Some(service_id))
-        .find(|t| state(t) == Some(TaskState::REJECTED))
-        .and_then(|t| t.status.as_ref()?.err.clone())
 }
 
 /// The node port `target` was published on in `host` mode, from the task's status.
@@ -175,21 +185,50 @@ mod tests {
         assert_eq!(published_port(&t, 8080), None);
         let unassigned = published(task("t", "s", RUNNING, RUNNING), &[(5000, 0)]);
         assert_eq!(published_port(&unassigned, 5000), None);
-        assert_eq!(published_port(&task("t", "s", RUNNING, RUNNING), 5000), None);
+        assert_eq!(
+            published_port(&task("t", "s", RUNNING, RUNNING), 5000),
+            None
+        );
     }
 
     #[test]
-    fn a_start_gives_up_early_only_when_every_attempt_was_rejected() {
-        let mut rejected = task("a", "s", REJECTED, RUNNING);
-        rejected.status.as_mut().unwrap().err = Some("No such image: x".into());
+    fn a_start_gives_up_once_swarm_rejected_the_task_three_times() {
+        let rejected = |id: &str| {
+            let mut t = task(id, "s", REJECTED, SHUTDOWN);
+            t.status.as_mut().unwrap().err = Some("No such image: x".into());
+            t
+        };
+        let mut tasks = vec![
+            rejected("a"),
+            rejected("b"),
+            task("c", "s", ASSIGNED, RUNNING),
+        ];
+        assert_eq!(rejection(&tasks, "s"), None, "Swarm may still make it");
+        tasks.push(rejected("d"));
+        assert_eq!(rejection(&tasks, "s").as_deref(), Some("No such image: x"));
+        assert_eq!(rejection(&tasks, "other"), None);
+        let failed = [
+            task("a", "s", FAILED, SHUTDOWN),
+            task("b", "s", FAILED, SHUTDOWN),
+            task("c", "s", FAILED, SHUTDOWN),
+        ];
         assert_eq!(
-            rejection(std::slice::from_ref(&rejected), "s").as_deref(),
-            Some("No such image: x")
+            rejection(&failed, "s"),
+            None,
+            "crashes are the heartbeat's business"
         );
-        let retrying = [rejected.clone(), task("b", "s", PREPARING, RUNNING)];
-        assert_eq!(rejection(&retrying, "s"), None);
-        assert_eq!(rejection(&[task("a", "s", FAILED, SHUTDOWN)], "s"), None);
-        assert_eq!(rejection(&[rejected], "other"), None);
+    }
+
+    #[test]
+    fn a_slow_start_says_where_the_next_task_stands() {
+        let mut pending = task("p", "s", PENDING, RUNNING);
+        pending.status.as_mut().unwrap().err = Some("no suitable node".into());
+        let tasks = [task("old", "s", FAILED, SHUTDOWN), pending];
+        assert_eq!(
+            progress(&tasks, "s"),
+            "its task is pending: no suitable node"
+        );
+        assert_eq!(progress(&tasks[..1], "s"), "no task is scheduled");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! [`Owner::Discovered`]; a report (load, availability) is written into the
 //! backend's figures without a batch, as the registered source does.
 
-mod entries;
+pub(crate) mod entries;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -42,7 +42,7 @@ use entries::{
 
 /// The longest one etcd operation may take, connecting included: longer, and etcd
 /// is taken to be down.
-const OP_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest the way out waits for the balancer's lease to be revoked: leaving is
 /// best effort, and the lease expires anyway.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -50,7 +50,7 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
 const LEASE_TTL_S: i64 = 10;
 /// HTTP/2 pings on the connection to etcd, so that a silent etcd is noticed even
 /// while nothing changes (etcd refuses pings more often than every 5 s).
-const PING: Duration = Duration::from_secs(10);
+pub(crate) const PING: Duration = Duration::from_secs(10);
 
 /// Where etcd is, and which instance's prefix to use.
 #[derive(Debug, Clone)]
@@ -110,7 +110,7 @@ impl EtcdDiscovery {
 
 /// This machine's name, for the balancer's id and for the address it gives out when
 /// it listens on every interface.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     let name = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().replace('/', "-"))
         .unwrap_or_default();
@@ -122,7 +122,7 @@ fn hostname() -> String {
 }
 
 /// Unique per process: `<hostname>-<pid>`.
-fn balancer_id() -> String {
+pub(crate) fn balancer_id() -> String {
     format!("{}-{}", hostname(), std::process::id())
 }
 
@@ -142,7 +142,7 @@ struct Held {
 
 /// Why a session with etcd ended.
 #[derive(Debug)]
-enum SessionError {
+pub(crate) enum SessionError {
     Etcd(etcd_client::Error),
     TimedOut(&'static str),
     WatchEnded,
@@ -169,7 +169,7 @@ impl From<etcd_client::Error> for SessionError {
 }
 
 /// `op`, given `OP_TIMEOUT` to finish.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     what: &'static str,
     op: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, SessionError> {
@@ -177,6 +177,14 @@ async fn bounded<T>(
         .await
         .map_err(|_| SessionError::TimedOut(what))?
         .map_err(SessionError::Etcd)
+}
+
+/// A client of etcd at `endpoints`, with pings so that a silent etcd is noticed.
+pub(crate) async fn connect(endpoints: &[String]) -> Result<Client, SessionError> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(OP_TIMEOUT)
+        .with_keep_alive(PING, OP_TIMEOUT);
+    bounded("connecting", Client::connect(endpoints, Some(options))).await
 }
 
 /// The balancer's lease, kept alive over one session's connection.
@@ -207,7 +215,7 @@ struct Opened {
 }
 
 /// Resolves once a stop is asked for, or nobody is left to ask.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
@@ -329,11 +337,7 @@ impl EtcdTask {
         &mut self,
         me: &mut watch::Receiver<Option<String>>,
     ) -> Result<Opened, SessionError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(OP_TIMEOUT)
-            .with_keep_alive(PING, OP_TIMEOUT);
-        let connect = Client::connect(&self.endpoints, Some(options));
-        let mut client = bounded("connecting", connect).await?;
+        let mut client = connect(&self.endpoints).await?;
         let all = Some(GetOptions::new().with_prefix());
         let list = client.get(self.backends.as_str(), all);
         let listing = bounded("listing the backends", list).await?;

@@ -47,7 +47,7 @@ fn next(rx: &mut mpsc::UnboundedReceiver<Batch>) -> Vec<Change> {
 fn upserted(change: &Change) -> &Member {
     match change {
         Change::Upsert(m) => m,
-        Change::Remove(id) => panic!("removed {id}, not upserted"),
+        other => panic!("{other:?}, not upserted"),
     }
 }
 
