@@ -22,6 +22,27 @@ pub(in crate::provisioner) fn unix_now() -> i64 {
 
 /// Follows the engine's event stream for the instance's containers and reports
 /// deaths; reconnects (replaying from where it left off) when the stream ends.
+/// The engine's events that say a container of `instance` died, from `since` (Unix
+/// seconds) on.
+pub(crate) fn deaths_since(instance: &str, since: i64) -> EventsOptions {
+    let filters = HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        (
+            "label".to_string(),
+            vec![format!("{LABEL_MANAGED_BY}={instance}")],
+        ),
+        (
+            "event".to_string(),
+            ["die", "oom", "kill", "destroy"].map(String::from).to_vec(),
+        ),
+    ]);
+    EventsOptions {
+        since: Some(since.to_string()),
+        until: None,
+        filters: Some(filters),
+    }
+}
+
 pub(super) async fn watch_events(
     docker: Docker,
     instance: String,
@@ -30,23 +51,7 @@ pub(super) async fn watch_events(
 ) {
     let mut backoff = Duration::from_millis(250);
     loop {
-        let filters = HashMap::from([
-            ("type".to_string(), vec!["container".to_string()]),
-            (
-                "label".to_string(),
-                vec![format!("{LABEL_MANAGED_BY}={instance}")],
-            ),
-            (
-                "event".to_string(),
-                ["die", "oom", "kill", "destroy"].map(String::from).to_vec(),
-            ),
-        ]);
-        let opts = EventsOptions {
-            since: Some(since.to_string()),
-            until: None,
-            filters: Some(filters),
-        };
-        let mut stream = docker.events(Some(opts));
+        let mut stream = docker.events(Some(deaths_since(&instance, since)));
         let mut failure = None;
         while let Some(item) = stream.next().await {
             match item {

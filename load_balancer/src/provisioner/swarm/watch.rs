@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bollard::models::{EventMessage, Task};
-use bollard::query_parameters::{EventsOptions, ListServicesOptions, ListTasksOptions};
+use bollard::query_parameters::{ListServicesOptions, ListTasksOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 
 use super::tasks::deaths;
 use super::tracker::Tracker;
-use crate::provisioner::docker::events::{death, unix_now};
+use crate::provisioner::docker::events::{death, deaths_since, unix_now};
 use crate::provisioner::docker::LABEL_MANAGED_BY;
 use crate::provisioner::{EventSender, ProvisionerEvent};
 
@@ -58,23 +58,7 @@ pub(super) async fn watch_events(
     let mut since = unix_now() - 1;
     let mut backoff = Duration::from_millis(250);
     loop {
-        let filters = HashMap::from([
-            ("type".to_string(), vec!["container".to_string()]),
-            (
-                "label".to_string(),
-                vec![format!("{LABEL_MANAGED_BY}={instance}")],
-            ),
-            (
-                "event".to_string(),
-                ["die", "oom", "kill", "destroy"].map(String::from).to_vec(),
-            ),
-        ]);
-        let opts = EventsOptions {
-            since: Some(since.to_string()),
-            until: None,
-            filters: Some(filters),
-        };
-        let mut stream = docker.events(Some(opts));
+        let mut stream = docker.events(Some(deaths_since(&instance, since)));
         let mut failure = None;
         while let Some(item) = stream.next().await {
             match item {
