@@ -74,9 +74,17 @@ fn read_response_skipping(s: &mut TcpStream, interim: bool) -> Option<String> {
 }
 
 /// Whether the peer closed the connection (read returns 0) within the timeout.
+/// Whether the balancer closed the connection (within the read timeout). A close
+/// while the client is still sending can arrive as a reset rather than an end of
+/// stream: the balancer had unread bytes when it closed. Both are a close.
 fn closed(s: &mut TcpStream) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset};
     let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf), Ok(0))
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => matches!(e.kind(), ConnectionReset | ConnectionAborted),
+        Ok(_) => false,
+    }
 }
 
 #[test]
