@@ -318,7 +318,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             };
             Some(tokio::spawn(lookaside::serve(listener, service, stopped)))
         }
-        None => None,
+        None => {
+            // The registered source ends when its last handle goes; without gRPC this
+            // one would outlive the registry, and shutdown would wait for it forever.
+            drop(registered);
+            None
+        }
     };
     if let Some(discovery) = &discovery {
         discovery.announce(dataplane.local_addr(), grpc_addr);

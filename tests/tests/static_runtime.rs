@@ -636,3 +636,17 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_cleanly() {
         .expect("an answer, not a cut connection");
     assert_eq!((reply.status, reply.body.as_str()), (200, "slow done"));
 }
+
+#[test]
+fn sigterm_stops_a_balancer_whose_look_aside_port_was_taken_too() {
+    // Without `--grpc-listen`, a balancer whose default gRPC port is taken runs
+    // without look-aside; it must still stop on SIGTERM. Holding the port here makes
+    // sure it is taken (if someone else holds it already, so much the better).
+    let _taken = std::net::TcpListener::bind("0.0.0.0:50050");
+    let backend = TestBackend::start(Duration::from_millis(10));
+    let mut lb = balancer(&[format!("b={}", backend.addr)], &[]);
+    let status = lb
+        .stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(20))
+        .expect("the balancer exited");
+    assert!(status.success(), "{status:?}");
+}
