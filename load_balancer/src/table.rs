@@ -152,10 +152,7 @@ impl Table {
     pub fn position_of(&self, request_id: u64) -> Option<usize> {
         match &self.selector {
             Selector::Ring { .. } => Some(self.slot_of(request_id)),
-            Selector::Maglev { entries, .. } => Some(
-                (crate::scheme::mixed::request_hash(request_id) % entries.len().max(1) as u64)
-                    as usize,
-            ),
+            Selector::Maglev { entries, .. } => Some(maglev_entry(request_id, entries.len())),
             Selector::Rendezvous { .. } => None,
         }
     }
@@ -286,6 +283,12 @@ pub enum Layout<'a> {
     Maglev { entries: &'a [ServerId] },
     /// The routable servers, sorted.
     Rendezvous { servers: &'a [ServerId] },
+}
+
+/// The entry of a Maglev table of `len` entries that `request_id` looks up.
+#[inline]
+fn maglev_entry(request_id: u64, len: usize) -> usize {
+    (crate::scheme::mixed::request_hash(request_id) % len.max(1) as u64) as usize
 }
 
 /// The largest request period a ring table precomputes (a `u32` per residue).

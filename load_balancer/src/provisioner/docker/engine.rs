@@ -8,7 +8,60 @@ use bollard::models::{ContainerInspectResponse, NetworkConnectRequest, NetworkCr
 use bollard::query_parameters::{InspectContainerOptions, InspectNetworkOptions};
 use bollard::Docker;
 
+use crate::config::DockerAddressing;
 use crate::provisioner::ProvisionError;
+
+/// A client of the local engine (or `DOCKER_HOST`). The engine may speak an older
+/// API than bollard's default; negotiating avoids "client version too new" on every
+/// call.
+pub(in crate::provisioner) async fn connect() -> Result<Docker, ProvisionError> {
+    let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".into());
+    let unreachable = |e: DockerError| {
+        ProvisionError::Other(format!("cannot reach the Docker engine at {host}: {e}"))
+    };
+    Docker::connect_with_defaults()
+        .map_err(unreachable)?
+        .negotiate_version()
+        .await
+        .map_err(unreachable)
+}
+
+/// How replicas are reached, once `auto` is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::provisioner) enum Reach {
+    /// At a port published on the replica's host.
+    Published,
+    /// By name over `--network`.
+    Network,
+}
+
+/// Resolves `addressing`: by name when this process runs in a container the engine
+/// knows (which then joins `network`), else through published ports. `names` says
+/// what must resolve here for names to work, for the warning when they may not.
+pub(in crate::provisioner) async fn reach(
+    docker: &Docker,
+    addressing: DockerAddressing,
+    network: &str,
+    names: &str,
+) -> Reach {
+    let me = own_container(docker).await;
+    let reach = match addressing {
+        DockerAddressing::Published => Reach::Published,
+        DockerAddressing::Network => Reach::Network,
+        DockerAddressing::Auto if me.is_some() => Reach::Network,
+        DockerAddressing::Auto => Reach::Published,
+    };
+    if reach == Reach::Network {
+        match &me {
+            Some(me) => join_network(docker, me, network).await,
+            None => log::warn!(
+                "--docker-addressing network, but this process is not in a container the \
+                 engine knows: replicas are reachable only if {names} resolve here"
+            ),
+        }
+    }
+    reach
+}
 
 pub(super) fn in_container() -> bool {
     Path::new("/.dockerenv").exists() || Path::new("/run/.containerenv").exists()

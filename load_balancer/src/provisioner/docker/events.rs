@@ -111,12 +111,13 @@ pub(in crate::provisioner) fn death(msg: &EventMessage) -> Option<ProvisionerEve
     Some(ProvisionerEvent::Died { handle, reason })
 }
 
+/// Engine events for the tests of what reads them.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bollard::models::EventActor;
+pub(in crate::provisioner) mod testing {
+    use bollard::models::{EventActor, EventMessage};
 
-    fn event(action: &str, attrs: &[(&str, &str)]) -> EventMessage {
+    /// An event `action` about container `abc` with these attributes.
+    pub fn event(action: &str, attrs: &[(&str, &str)]) -> EventMessage {
         EventMessage {
             action: Some(action.into()),
             actor: Some(EventActor {
@@ -131,6 +132,12 @@ mod tests {
             ..Default::default()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::event;
+    use super::*;
 
     #[test]
     fn die_oom_destroy_and_sigkill_are_deaths_other_signals_are_not() {

@@ -25,7 +25,7 @@ use futures_util::future::join_all;
 pub(super) mod engine;
 pub(super) mod events;
 
-use engine::{ensure_network, join_network, message, own_container, status};
+use engine::{ensure_network, message, status, Reach};
 use events::{unix_now, watch_events};
 
 use super::{EventSender, ProvisionError, Provisioner, ReplicaSpec, Running};
@@ -77,13 +77,6 @@ pub struct ReplicaLimits {
     pub pids: i64,
 }
 
-/// How replicas are reached, once `auto` is resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reach {
-    Published,
-    Network,
-}
-
 /// Runs replicas as containers on a local (or `DOCKER_HOST`) engine.
 pub struct DockerProvisioner {
     docker: Docker,
@@ -105,35 +98,10 @@ impl DockerProvisioner {
                 settings.instance
             )));
         }
-        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".into());
-        let unreachable = |e: DockerError| {
-            ProvisionError::Other(format!("cannot reach the Docker engine at {host}: {e}"))
-        };
-        // The engine may speak an older API than bollard's default; negotiating
-        // avoids "client version too new" on every call.
-        let docker = Docker::connect_with_defaults()
-            .map_err(unreachable)?
-            .negotiate_version()
-            .await
-            .map_err(unreachable)?;
+        let docker = engine::connect().await?;
         ensure_network(&docker, &settings.network).await?;
-        let me = own_container(&docker).await;
-        let reach = match settings.addressing {
-            DockerAddressing::Published => Reach::Published,
-            DockerAddressing::Network => Reach::Network,
-            DockerAddressing::Auto if me.is_some() => Reach::Network,
-            DockerAddressing::Auto => Reach::Published,
-        };
-        if reach == Reach::Network {
-            match &me {
-                Some(me) => join_network(&docker, me, &settings.network).await,
-                None => log::warn!(
-                    "--docker-addressing network, but this process is not in a container the \
-                     engine knows: replicas are reachable only if {} resolves here",
-                    settings.network
-                ),
-            }
-        }
+        let names = format!("the container names on {}", settings.network);
+        let reach = engine::reach(&docker, settings.addressing, &settings.network, &names).await;
         log::info!(
             "docker runtime: engine API {}, network {}, instance {}, replicas reached {}",
             docker.client_version(),

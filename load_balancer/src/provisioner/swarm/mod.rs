@@ -38,10 +38,9 @@ use futures_util::future::join_all;
 
 pub use spec::{service_name, service_name_error};
 
-use super::docker::engine::{join_network, message, own_container};
+use super::docker::engine::{self as docker_engine, message, Reach};
 use super::docker::{DockerSettings, LABEL_MANAGED_BY};
 use super::{EventSender, ProvisionError, Provisioner, ReplicaSpec, Running};
-use crate::config::DockerAddressing;
 use services::SWARM_STOP_DELAY;
 use spec::STOP_GRACE;
 use tracker::Tracker;
@@ -59,15 +58,6 @@ pub fn network_for(requested: &str) -> String {
     } else {
         requested.to_string()
     }
-}
-
-/// How replicas are reached, once `auto` is resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reach {
-    /// At the port its task published on its node.
-    Published,
-    /// As `<service>:5000` over the overlay network.
-    Network,
 }
 
 /// Runs replicas as one-task services on a swarm, through a manager's API.
@@ -97,33 +87,16 @@ impl SwarmProvisioner {
                 "--instance prefixes service names: {e}"
             )));
         }
-        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".into());
-        let unreachable = |e: DockerError| {
-            ProvisionError::Other(format!("cannot reach the Docker engine at {host}: {e}"))
-        };
-        let docker = Docker::connect_with_defaults()
-            .map_err(unreachable)?
-            .negotiate_version()
-            .await
-            .map_err(unreachable)?;
+        let docker = docker_engine::connect().await?;
         let node = engine::manager_node(&docker).await?;
         engine::ensure_overlay(&docker, &settings.network, &settings.instance).await?;
-        let me = own_container(&docker).await;
-        let reach = match settings.addressing {
-            DockerAddressing::Published => Reach::Published,
-            DockerAddressing::Network => Reach::Network,
-            DockerAddressing::Auto if me.is_some() => Reach::Network,
-            DockerAddressing::Auto => Reach::Published,
-        };
-        if reach == Reach::Network {
-            match &me {
-                Some(me) => join_network(&docker, me, &settings.network).await,
-                None => log::warn!(
-                    "--docker-addressing network, but this process is not in a container the \
-                     engine knows: replicas are reachable only if their service names resolve here"
-                ),
-            }
-        }
+        let reach = docker_engine::reach(
+            &docker,
+            settings.addressing,
+            &settings.network,
+            "their service names",
+        )
+        .await;
         log::info!(
             "swarm runtime: engine API {}, node {node}, overlay network {}, instance {}, \
              replicas reached {}",

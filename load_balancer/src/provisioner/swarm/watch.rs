@@ -173,23 +173,7 @@ async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bollard::models::EventActor;
-
-    fn event(action: &str, attrs: &[(&str, &str)]) -> EventMessage {
-        EventMessage {
-            action: Some(action.into()),
-            actor: Some(EventActor {
-                id: Some("container-id".into()),
-                attributes: Some(
-                    attrs
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-            }),
-            ..Default::default()
-        }
-    }
+    use crate::provisioner::docker::events::testing::event;
 
     #[test]
     fn a_task_containers_death_names_the_task_not_the_container() {
